@@ -1,0 +1,16 @@
+"""tunelab: turn pretrained language models into specialists, offline by default.
+
+Python API:
+    import tunelab
+    clf = tunelab.load("runs/spam")          # a finished run folder
+    clf.predict(["WIN a free cruise now!"])  # -> [{"label": "spam", "probs": {...}}]
+"""
+
+__version__ = "0.1.0"
+
+
+def load(run_dir, device=None):
+    """Load a finished run folder (classification) for prediction; see `tunelab.predict`."""
+    from tunelab.predict import load_classifier
+
+    return load_classifier(run_dir, device=device)

@@ -1,0 +1,283 @@
+"""`tunelab data inspect|clean|split`: look at, clean and split a data set before training.
+
+    tunelab data inspect data/tickets.csv --tokenizer asset:smollm2-135m-instruct --max-length 256 --html inspect.html
+    tunelab data clean data/tickets.csv --output data/clean.jsonl --lang ko --max-chars 2000
+    tunelab data split data/clean.jsonl --out data/splits --validation 0.1 --test 0.2 --seed 123
+
+FILE is a CSV/TSV/JSONL/Parquet file, a folder of per-label folders, or asset:NAME. Only argparse
+is imported here; the work (numpy, transformers) is imported inside `run`.
+"""
+
+import argparse
+
+HELP = "inspect, clean (normalise, deduplicate, redact personal data) and split a data set"
+
+
+def _add_reader_args(p) -> None:
+    g = p.add_argument_group("reading FILE")
+    g.add_argument("--text-column", help="column(s) holding the text, comma-separated (default: text, or a guess)")
+    g.add_argument("--label-column", help="column holding the label (default: label when present)")
+    g.add_argument("--format", default=None, choices=["auto", "csv", "tsv", "jsonl", "parquet", "folders"],
+                   help="file format (default: from the extension)")  # fmt: skip
+    g.add_argument("--encoding", default=None, help="text encoding (default utf-8; e.g. cp949, latin-1)")
+    g.add_argument("--no-header", action="store_true", help="CSV/TSV without a header row")
+    g.add_argument("--columns", help="column names for a header-less CSV/TSV, comma-separated")
+    g.add_argument("--no-quoting", action="store_true", help="CSV/TSV whose text holds bare quotes")
+
+
+def _threshold(value: str) -> float | None:
+    v = float(value)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a value in [0, 1] (0 turns it off), got {value}")
+    return v or None
+
+
+def configure(p) -> None:
+    sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    q = sub.add_parser("inspect", help="rows, labels, lengths, duplicates, conflicts, scripts; table and HTML",
+                       description="Print facts about a data set; optionally write them as an HTML page with plots.")  # fmt: skip
+    q.add_argument("file", metavar="FILE")
+    _add_reader_args(q)
+    q.add_argument("--tokenizer", help="asset:NAME or a model folder whose tokenizer counts tokens")
+    q.add_argument("--max-length", type=int, help="count rows longer than this many tokens")
+    q.add_argument("--near-dup-threshold", type=_threshold, default=0.7, help="Jaccard threshold (default 0.7; 0: skip)")
+    q.add_argument("--html", metavar="OUT", help="write an HTML page with plots")
+    q.add_argument("--json", metavar="OUT", help="write the facts as JSON")
+
+    c = sub.add_parser("clean", help="normalise, filter, deduplicate, redact personal data; report every change",
+                       description="Write the cleaned rows as JSONL and a report listing every row removed or "
+                                   "changed with its reason and line. The input file is never modified.")  # fmt: skip
+    c.add_argument("file", metavar="FILE")
+    c.add_argument("--output", "-o", required=True, help="cleaned rows (JSONL)")
+    c.add_argument("--report", help="report JSONL (default OUTPUT stem + .report.jsonl; summary in .summary.json)")
+    _add_reader_args(c)
+    c.add_argument("--no-pii", action="store_true", help="do not redact personal data")
+    c.add_argument("--pii-types", help="redact only these, comma-separated: EMAIL,PHONE,RRN,CARD,ACCOUNT,IP")
+    c.add_argument("--near-dup-threshold", type=_threshold, default=0.7, help="Jaccard threshold (default 0.7; 0: keep near duplicates)")
+    c.add_argument("--no-exact-dedup", action="store_true", help="keep exact duplicates")
+    c.add_argument("--min-chars", type=int, default=1, help="drop rows shorter than this (default 1)")
+    c.add_argument("--max-chars", type=int, help="drop rows longer than this")
+    c.add_argument("--lang", choices=["ko", "en", "any"], default="any", help="keep rows mostly in Hangul (ko) or Latin (en)")
+    c.add_argument("--min-script-share", type=float, default=0.5, help="share of letters in the --lang script (default 0.5)")
+    c.add_argument("--keep-garbled", action="store_true", help="keep rows that look garbled")
+    c.add_argument("--label-conflicts", choices=["report", "drop"], default="report",
+                   help="same text, different labels: report and keep the first (default) or drop them all")  # fmt: skip
+    c.add_argument("--no-html", action="store_true", help="do not strip HTML")
+    c.add_argument("--no-mojibake", action="store_true", help="do not repair mojibake")
+    c.add_argument("--single-line", action="store_true", help="collapse line breaks too")
+    c.add_argument("--domain-reference", metavar="FILE", help="in-domain example texts; drop rows unlike them")
+    c.add_argument("--domain-threshold", type=float, default=0.3, help="minimum similarity to the domain (default 0.3)")
+    c.add_argument("--encoder", default="asset:minilm-l6", help="encoder for --domain-reference (default asset:minilm-l6)")
+
+    s = sub.add_parser("split", help="stratified train/validation/test or k folds, duplicate groups kept together",
+                       description="Split rows so that near-duplicate groups never straddle two splits.")  # fmt: skip
+    s.add_argument("file", metavar="FILE")
+    s.add_argument("--out", required=True, help="output folder")
+    _add_reader_args(s)
+    s.add_argument("--validation", type=float, default=None, help="validation fraction (default 0.1; not with --folds)")
+    s.add_argument("--test", type=float, default=0.2, help="test fraction (default 0.2)")
+    s.add_argument("--folds", type=int, help="k folds of the non-test rows instead of one validation split")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--near-dup-threshold", type=_threshold, default=0.7, help="Jaccard threshold for groups (default 0.7; 0: exact only)")
+
+
+def run(args) -> int:
+    return {"inspect": _inspect, "clean": _clean, "split": _split}[args.data_command](args)
+
+
+# --- shared --------------------------------------------------------------------------------------
+
+
+def _read(args, spec: str):
+    """(rows, reader options, text columns, label column) for FILE, honouring asset defaults."""
+    from tunelab.assets import resolve_dataset
+    from tunelab.data.readers import read_rows
+
+    path, opts = resolve_dataset(spec)
+    kwargs = {k: opts[k] for k in ("format", "encoding", "header", "columns", "quoting") if k in opts}
+    if args.format:
+        kwargs["format"] = args.format
+    if args.encoding:
+        kwargs["encoding"] = args.encoding
+    if args.no_header:
+        kwargs["header"] = False
+    if args.columns:
+        kwargs["columns"] = [c.strip() for c in args.columns.split(",")]
+    if args.no_quoting:
+        kwargs["quoting"] = False
+    rows = read_rows(path, **kwargs)
+    text = args.text_column or opts.get("text_column")
+    text_cols = [c.strip() for c in text.split(",")] if text else None
+    label = args.label_column or opts.get("label_column")
+    if rows:
+        present = set().union(*(r.keys() for r in rows[:1000]))
+        for name, cols in (("--text-column", text_cols or []), ("--label-column", [label] if label else [])):
+            missing = [c for c in cols if c not in present]
+            if missing:
+                raise _error(f"{path}: {name} {', '.join(missing)} is not a column; columns: "
+                             f"{', '.join(sorted(k for k in present if not k.startswith('_')))}")  # fmt: skip
+    return path, rows, text_cols, label
+
+
+def _reference_texts(spec: str, text_cols: list[str] | None) -> list[str]:
+    """Texts of the --domain-reference file (its own format; the same text column when it has it)."""
+    from tunelab.assets import resolve_dataset
+    from tunelab.data.clean import guess_text_columns, row_text
+    from tunelab.data.readers import read_rows
+
+    path, opts = resolve_dataset(spec)
+    rows = read_rows(path, **{k: opts[k] for k in ("format", "encoding", "header", "columns", "quoting") if k in opts})
+    if not rows:
+        raise _error(f"{path}: the domain reference has no rows")
+    cols = text_cols if text_cols and all(c in rows[0] for c in text_cols) else None
+    cols = cols or ([opts["text_column"]] if opts.get("text_column") else guess_text_columns(rows, None, str(path)))
+    texts = [t for t in (row_text(r, cols) for r in rows) if t.strip()]
+    if not texts:
+        raise _error(f"{path}: the domain reference has no text in column(s) {', '.join(cols)}")
+    return texts
+
+
+def _error(msg: str):
+    from tunelab.errors import TunelabError
+
+    return TunelabError(msg)
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+# --- inspect -------------------------------------------------------------------------------------
+
+
+def _inspect(args) -> int:
+    from tunelab.data.inspect import inspect_rows, public_stats, render_html, render_table
+    from tunelab.data.io_atomic import write_json_atomic, write_text_atomic
+
+    path, rows, text_cols, label = _read(args, args.file)
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        from tunelab.assets import resolve_model
+
+        tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(args.tokenizer)))
+    elif args.max_length:
+        raise _error("--max-length counts tokens: give --tokenizer too")
+    stats = inspect_rows(rows, text_column=text_cols, label_column=label, tokenizer=tokenizer,
+                         max_length=args.max_length, near_dup_threshold=args.near_dup_threshold, source=str(path))  # fmt: skip
+    print(render_table(stats), end="")
+    if args.html:
+        print(f"wrote {write_text_atomic(args.html, render_html(stats))}")
+    if args.json:
+        print(f"wrote {write_json_atomic(args.json, public_stats(stats))}")
+    return 0
+
+
+# --- clean ---------------------------------------------------------------------------------------
+
+
+def _clean(args) -> int:
+    from pathlib import Path
+
+    from tunelab.data.clean import CleanOptions, clean_rows, hf_mean_pool_encoder, write_outputs
+
+    path, rows, text_cols, label = _read(args, args.file)
+    output = Path(args.output)
+    if output.exists() and output.resolve() == Path(path).resolve():
+        raise _error(f"{output}: --output would overwrite the input file; choose another path")
+    options = CleanOptions(
+        text_columns=text_cols, label_column=label, html=not args.no_html, mojibake=not args.no_mojibake,
+        keep_newlines=not args.single_line, min_chars=args.min_chars, max_chars=args.max_chars,
+        lang=args.lang, min_script_share=args.min_script_share, drop_garbled=not args.keep_garbled,
+        exact_dedup=not args.no_exact_dedup, near_dup_threshold=args.near_dup_threshold, pii=not args.no_pii,
+        label_conflicts=args.label_conflicts, domain_threshold=args.domain_threshold, progress=True,
+    )  # fmt: skip
+    if args.pii_types:
+        options.pii_types = tuple(t.strip().upper() for t in args.pii_types.split(",") if t.strip())
+    if args.domain_reference:
+        from tunelab.assets import resolve_model
+
+        options.domain_reference = _reference_texts(args.domain_reference, text_cols)
+        options.embed = hf_mean_pool_encoder(resolve_model(args.encoder))
+    kept, report = clean_rows(rows, options, source=str(path))
+    output, report_path, summary_path = write_outputs(kept, report, output, args.report, input_path=path)
+
+    s = report.summary
+    lines = [("rows in", f"{s['rows_in']:,}"), ("rows out", f"{s['rows_out']:,}")]
+    lines += [(f"removed: {k}", f"{v:,}") for k, v in s["removed"].items()]
+    lines += [(f"changed: {k}", f"{v:,}") for k, v in s["changed_kept"].items()]
+    lines += [(f"redacted: {k}", f"{v:,} rows") for k, v in s["pii_rows"].items()]
+    if s["label_conflict_groups"]:
+        lines.append(("label conflicts", f"{s['label_conflict_groups']:,} groups (see the report)"))
+    lines.append(("time", f"{s['seconds']['total']:.1f} s ({s['rows_per_second']:,.0f} rows/s)"))
+    print(f"tunelab data clean {path}\n{_table(lines)}")
+    print(f"wrote {output}\nwrote {report_path}\nwrote {summary_path}")
+    return 0
+
+
+# --- split ---------------------------------------------------------------------------------------
+
+
+def _split(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from tunelab.data import dedup
+    from tunelab.data.clean import guess_text_columns, public_row, row_text
+    from tunelab.data.groups_split import k_folds, label_table, leaked_groups, train_validation_test
+    from tunelab.data.io_atomic import write_json_atomic, write_jsonl_atomic
+
+    if args.folds and args.validation is not None:
+        raise _error("--folds and --validation exclude each other: each fold is the validation part once")
+    path, rows, text_cols, label = _read(args, args.file)
+    if not rows:
+        raise _error(f"{path}: no rows to split")
+    if label is None and "label" in rows[0]:
+        label = "label"
+    text_cols = text_cols or guess_text_columns(rows, label, str(path))
+    texts = [row_text(r, text_cols) for r in rows]
+    labels = [r.get(label) for r in rows] if label else None
+    if args.near_dup_threshold:
+        groups = dedup.near_duplicates(texts, threshold=args.near_dup_threshold).groups
+    else:
+        groups = dedup.exact_groups(texts)
+    out = Path(args.out)
+    summary: dict = {"input": str(path), "rows": len(rows), "seed": args.seed, "label_column": label,
+                     "near_dup_threshold": args.near_dup_threshold,
+                     "groups_with_several_rows": int((np.bincount(groups) > 1).sum())}  # fmt: skip
+    written = []
+    if args.folds:
+        part = train_validation_test(labels, groups, validation=0.0, test=args.test, seed=args.seed)
+        rest = np.flatnonzero(part != "test")
+        fold = k_folds([labels[i] for i in rest] if labels else None, groups[rest], args.folds, seed=args.seed)
+        if args.test:
+            written.append(write_jsonl_atomic(out / "test.jsonl", (public_row(rows[i]) for i in np.flatnonzero(part == "test"))))
+        for k in range(args.folds):
+            written.append(write_jsonl_atomic(out / f"fold-{k}" / "train.jsonl", (public_row(rows[i]) for i in rest[fold != k])))
+            written.append(write_jsonl_atomic(out / f"fold-{k}" / "validation.jsonl", (public_row(rows[i]) for i in rest[fold == k])))
+        names = np.array(part, dtype=object)
+        names[rest] = np.array([f"fold-{f}" for f in fold], dtype=object)
+    else:
+        validation = 0.1 if args.validation is None else args.validation
+        names = train_validation_test(labels, groups, validation=validation, test=args.test, seed=args.seed)
+        for name in ("train", "validation", "test"):
+            idx = np.flatnonzero(names == name)
+            if len(idx) or name == "train":
+                written.append(write_jsonl_atomic(out / f"{name}.jsonl", (public_row(rows[i]) for i in idx)))
+    leaks = leaked_groups(names, groups)
+    assert leaks == 0, f"{leaks} duplicate groups straddle two parts"
+    summary["parts"] = label_table(labels, names)
+    summary["leaked_groups"] = leaks
+    written.append(write_json_atomic(out / "split.json", summary))
+
+    print(f"tunelab data split {path}")
+    print(_table([(p, f"{sum(c.values()):,} rows  " + ", ".join(f"{k} {v:,}" for k, v in c.items()))
+                  for p, c in summary["parts"].items()]))  # fmt: skip
+    print(f"  duplicate groups kept on one side: {summary['groups_with_several_rows']:,}")
+    for w in written:
+        print(f"wrote {w}")
+    return 0

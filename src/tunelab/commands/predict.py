@@ -1,0 +1,30 @@
+"""`tunelab predict RUN --input FILE|- --output FILE`: label texts with a trained classifier."""
+
+HELP = "predict labels and class probabilities for texts (JSONL out, batched)"
+
+
+def configure(p):
+    p.add_argument("run", help="run folder (or its model/ folder)")
+    p.add_argument("--input", required=True, help="'-' for stdin (one text per line), a .txt file (one per line), or CSV/TSV/JSONL/Parquet")
+    p.add_argument("--output", default="-", help="JSONL output file, or '-' for stdout")
+    p.add_argument("--text-column", default="text", help="text column of a table input")
+    p.add_argument("--batch-size", type=int, default=32)
+
+
+def run(args) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
+    from tunelab.predict import load_classifier, read_texts, write_jsonl_atomic
+
+    texts = read_texts(args.input, args.text_column)
+    clf = load_classifier(args.run)
+    rows = [{"text": t, **p} for t, p in zip(texts, clf.predict(texts, args.batch_size))]
+    if args.output == "-":
+        for r in rows:
+            sys.stdout.write(json.dumps(r, ensure_ascii=False) + "\n")
+    else:
+        write_jsonl_atomic(Path(args.output), rows)
+        print(f"wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
+    return 0

@@ -1,0 +1,223 @@
+"""Typed run configuration: YAML with nested sections, checked when loaded.
+
+    tunelab validate configs/spam-smollm2.yaml train.lr=1e-4
+
+A config has the sections `data`, `model`, `train` and `eval` (plus `task` and `output_dir`).
+Every field has a type, a default and help text. Loading checks everything without touching a
+model: an unknown key, a wrong type or a value outside its vocabulary is an error that names the
+key (with its dotted path and the file) and suggests the closest valid name. Dotted overrides on
+the command line (`train.lr=1e-4`) are parsed as YAML scalars and checked against the same schema.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunelab.errors import TunelabError
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(Section):
+    validation: float = Field(0.1, ge=0.0, lt=1.0, description="Share of rows held out for validation (when no validation file is given).")
+    test: float = Field(0.2, ge=0.0, lt=1.0, description="Share of rows held out for the final test (when no test file is given).")
+    seed: int = Field(123, description="Seed of the stratified split (and of balancing).")
+
+
+class DataConfig(Section):
+    train: str = Field(..., description="Training data: a CSV/TSV/JSONL/Parquet file, a folder of per-label folders, or asset:NAME.")
+    validation: Optional[str] = Field(None, description="Validation file; if absent, split from `train`.")
+    test: Optional[str] = Field(None, description="Test file; if absent, split from `train`.")
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "folders"] = Field("auto", description="File format; auto = from the file extension.")
+    text_column: Optional[str] = Field(None, description="Column holding the text (default: `text`, or what the dataset asset declares).")
+    label_column: Optional[str] = Field(None, description="Column holding the label (default: `label`, or what the dataset asset declares).")
+    header: Optional[bool] = Field(None, description="CSV/TSV: first line is a header (default true).")
+    columns: Optional[list[str]] = Field(None, description="CSV/TSV without header: the column names, in order.")
+    encoding: Optional[str] = Field(None, description="Text encoding of the files (default utf-8).")
+    quoting: Optional[bool] = Field(None, description="CSV/TSV: honour double quotes (false for raw text with stray quotes).")
+    split: SplitConfig = Field(default_factory=SplitConfig, description="How to split `train` when no validation/test file is given.")
+    balance: Literal["none", "undersample", "class_weights"] = Field("none", description="undersample: every class cut to the smallest one (before splitting, as the anchor experiments do); class_weights: weighted loss.")
+    bad_rows: Literal["error", "skip"] = Field("error", description="error: stop at the first bad row naming file and line; skip: drop and count them in the report.")
+    max_rows: Optional[int] = Field(None, ge=1, description="Use at most this many rows of `train` (a stratified sample; for quick runs).")
+    max_length: int = Field(256, ge=8, description="Truncate texts to this many tokens (truncated rows are counted in the report).")
+    padding: Literal["longest", "max_length", "none"] = Field("longest", description="longest: pad each batch to its longest sequence; max_length: pad to data.max_length; none: batch size 1 with gradient accumulation.")
+
+
+class LoraConfig(Section):
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: Union[Literal["all-linear"], list[str]] = Field("all-linear", description="Module names to adapt, or all-linear (every linear layer of the backbone).")
+
+
+class ModelConfig(Section):
+    name: str = Field(..., description="asset:NAME, a local Hugging Face folder, a .gguf file, or a hub id (when a hub is reachable).")
+    pooling: Literal["last", "first", "mean"] = Field("last", description="Which hidden state feeds the head: last real token, first token, or mean over real tokens.")
+    causal_mask: bool = Field(True, description="Decoders only: false = bidirectional attention, as an encoder.")
+    trainable: Literal["head", "last_blocks", "all", "lora"] = Field("last_blocks", description="What trains: the head only, the last N blocks (+ final norm + head), everything, or LoRA adapters (+ head).")
+    last_blocks: int = Field(2, ge=1, description="With trainable=last_blocks: how many of the last transformer blocks train.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (trainable=lora).")
+    head_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before the linear class head.")
+
+
+class EarlyStopping(Section):
+    metric: Literal["loss", "accuracy", "macro_f1"] = Field("loss", description="Validation metric that picks the best checkpoint and drives early stopping.")
+    patience: Optional[int] = Field(None, ge=1, description="Stop after this many evaluations without improvement; null = never stop early.")
+
+
+class TrainConfig(Section):
+    epochs: float = Field(3, gt=0, description="Passes over the training data (fractions allowed).")
+    max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(8, ge=1, description="Examples per optimizer step, before accumulation.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step (effective batch = batch_size x grad_accum).")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (never applied to norms and biases).")
+    warmup: float = Field(0.06, ge=0, description="Warmup length: a fraction of all steps if < 1, else a step count.")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate decay after warmup.")
+    max_grad_norm: Optional[float] = Field(1.0, gt=0, description="Gradient clipping norm; null = no clipping.")
+    eval_every: Union[Literal["epoch"], int] = Field("epoch", description="Evaluate on validation every N optimizer steps, or each epoch.")
+    save_every: Optional[int] = Field(None, ge=1, description="Also write a resumable checkpoint every N steps (always at each evaluation).")
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping, description="Best-checkpoint metric and patience.")
+    seed: int = Field(123, description="Seed of everything random (init of the head, data order, dropout).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 on a GPU that supports it, fp32 on a CPU.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; auto = cuda when available.")
+    num_threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch (default: torch's choice).")
+
+
+class EvalConfig(Section):
+    batch_size: int = Field(32, ge=1, description="Batch size for validation, test and prediction.")
+
+
+class RunConfig(Section):
+    task: Literal["classification"] = Field("classification", description="What the run trains.")
+    output_dir: str = Field("runs/run", description="Run folder (created; an existing finished run is never overwritten without --force).")
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check_split(self) -> "RunConfig":
+        if self.data.split.validation + self.data.split.test >= 0.9:
+            raise ValueError("data.split.validation + data.split.test must leave at least 10 % for training")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overrides and error messages
+
+
+def _section_fields(model_cls: type[BaseModel], path: list[str]) -> tuple[type[BaseModel] | None, list[str]]:
+    """Walk `path` through nested sections; return the last section class and its field names."""
+    cls: Any = model_cls
+    for key in path:
+        field = cls.model_fields.get(key) if cls is not None else None
+        ann = getattr(field, "annotation", None)
+        cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return cls, (list(cls.model_fields) if cls is not None else [])
+
+
+def _explain(err: ValidationError, source: str) -> str:
+    """Turn pydantic's errors into lines that name the dotted key and suggest a valid one."""
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        key = ".".join(loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            _, valid = _section_fields(RunConfig, loc[:-1])
+            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+            hint = f"; did you mean '{'.'.join(loc[:-1] + close)}'?" if close else f"; valid keys here: {', '.join(valid)}"
+            lines.append(f"unknown key '{key}'{hint}")
+        elif e["type"] == "literal_error":
+            expected = e.get("ctx", {}).get("expected", "")
+            options = [o.strip().strip("'") for o in expected.replace(" or ", ",").split(",") if o.strip()]
+            close = difflib.get_close_matches(str(e.get("input")), options, n=1, cutoff=0.4)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            lines.append(f"'{key}' = {e.get('input')!r} is not one of {expected}{hint}")
+        elif e["type"] == "missing":
+            lines.append(f"'{key}' is required")
+        else:
+            lines.append(f"'{key}' = {e.get('input')!r}: {e['msg']}")
+    return f"invalid config {source}:\n  " + "\n  ".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `train.lr=1e-4` into (['train', 'lr'], 0.0001); the value is read as a YAML scalar.
+
+    >>> parse_override("model.lora.r=8")
+    (['model', 'lora', 'r'], 8)
+    """
+    if "=" not in text:
+        raise TunelabError(f"override '{text}' must look like section.key=value (e.g. train.lr=1e-4)")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    # YAML 1.1 reads '1e-4' as a string; accept it as the number the user meant.
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Return a copy of the raw config dict with dotted overrides applied (checked at validation)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise TunelabError(f"override '{text}': '{key}' is not a section")
+        node[path[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping, with errors naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise TunelabError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise TunelabError(f"{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    except UnicodeDecodeError:
+        raise TunelabError(f"{path}: not UTF-8 text") from None
+    if not isinstance(raw, dict):
+        raise TunelabError(f"{path}: expected a mapping of sections (data, model, train, eval) at the top")
+    return raw
+
+
+def validate_dict(raw: dict, source: str = "") -> RunConfig:
+    """Check a raw dict against the schema; raise TunelabError with readable lines."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise TunelabError(_explain(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config file, apply dotted overrides, validate. Relative data paths stay relative
+    to the working directory (the way users type them)."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return validate_dict(raw, source=f"in {path}")
+
+
+def to_yaml(config: BaseModel) -> str:
+    """The resolved config as YAML (every default filled in), for printing and for the run folder."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

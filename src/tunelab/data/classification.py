@@ -1,0 +1,192 @@
+"""Classification data: rows -> checked (text, label id) examples, split, balanced, with a report.
+
+The steps are small functions so each can be tested alone:
+    read (readers.py) -> extract_examples -> label_map -> balance -> stratified_split
+`load_splits(data_config)` runs them in order and returns the three splits plus a report of what
+was skipped, balanced and split. Bad rows stop the run with file and line, or, with
+`data.bad_rows: skip`, are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunelab.data.readers import read_rows
+from tunelab.errors import TunelabError
+
+
+@dataclass
+class Example:
+    text: str
+    label: str
+    source: str  # "file:line", for messages and reports
+
+
+@dataclass
+class Splits:
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+    labels: list[str]  # id -> name; ids follow sorted label names
+    report: dict = field(default_factory=dict)
+
+    def label_ids(self, examples: list[Example]) -> list[int]:
+        index = {name: i for i, name in enumerate(self.labels)}
+        return [index[e.label] for e in examples]
+
+
+def read_source(spec: str, data_cfg) -> tuple[list[dict], str, str, str]:
+    """Read a data spec (a path or asset:NAME) with the config's reader options.
+
+    Returns (rows, text_column, label_column, display_name). Options set in the config win over
+    the ones an asset declares.
+    """
+    options: dict = {}
+    path = Path(spec)
+    if spec.startswith("asset:"):
+        from tunelab.assets.resolve import resolve_dataset
+
+        path, options = resolve_dataset(spec)
+    pick = lambda key, default: getattr(data_cfg, key) if getattr(data_cfg, key) is not None else options.get(key, default)  # noqa: E731
+    fmt = data_cfg.format if data_cfg.format != "auto" else options.get("format", "auto")
+    rows = read_rows(
+        path,
+        format=fmt,
+        encoding=pick("encoding", "utf-8"),
+        header=pick("header", True),
+        columns=pick("columns", None),
+        quoting=pick("quoting", True),
+    )
+    return rows, pick("text_column", "text"), pick("label_column", "label"), str(path)
+
+
+def extract_examples(rows: list[dict], text_col: str, label_col: str, source: str, bad_rows: str, skipped: Counter) -> list[Example]:
+    """Check each row has a non-empty text and a label; stop or skip (counted by reason)."""
+    if rows:
+        missing = [c for c in (text_col, label_col) if c not in rows[0]]
+        if missing:
+            found = ", ".join(k for k in rows[0] if k != "_line")
+            raise TunelabError(f"{source}: no column {missing[0]!r} (columns found: {found}); set data.text_column / data.label_column")
+    out = []
+    for row in rows:
+        where = f"{source}:{row.get('_line')}"
+        text, label = row.get(text_col), row.get(label_col)
+        problem = None
+        if text is None or not str(text).strip():
+            problem = f"empty text in column {text_col!r}"
+        elif label is None or str(label).strip() == "":
+            problem = f"missing label in column {label_col!r}"
+        if problem:
+            if bad_rows == "error":
+                raise TunelabError(f"{where}: {problem} (set data.bad_rows: skip to drop such rows)")
+            skipped[problem] += 1
+            continue
+        out.append(Example(text=str(text), label=str(label).strip(), source=where))
+    return out
+
+
+def drop_unseen_labels(examples: list[Example], known: set[str], split_name: str, bad_rows: str, skipped: Counter) -> list[Example]:
+    """A validation/test label never seen in training cannot be predicted: stop or skip it."""
+    out = []
+    for e in examples:
+        if e.label not in known:
+            if bad_rows == "error":
+                raise TunelabError(f"{e.source}: label {e.label!r} in the {split_name} data never occurs in the training data (labels: {', '.join(sorted(known))})")
+            skipped[f"{split_name} label not in training data"] += 1
+            continue
+        out.append(e)
+    return out
+
+
+def undersample(examples: list[Example], seed: int) -> list[Example]:
+    """Cut every class to the size of the smallest, keeping a seeded random sample of each.
+
+    >>> ex = [Example("a", "ham", ""), Example("b", "ham", ""), Example("c", "spam", "")]
+    >>> sorted(e.label for e in undersample(ex, seed=1))
+    ['ham', 'spam']
+    """
+    by_label: dict[str, list[Example]] = {}
+    for e in examples:
+        by_label.setdefault(e.label, []).append(e)
+    smallest = min(len(v) for v in by_label.values())
+    rng = random.Random(seed)
+    kept = []
+    for label in sorted(by_label):
+        kept.extend(rng.sample(by_label[label], smallest))
+    rng.shuffle(kept)
+    return kept
+
+
+def stratified_split(examples: list[Example], fractions: list[float], seed: int) -> list[list[Example]]:
+    """Split into len(fractions)+1 parts (the rest first), each keeping the class shares.
+
+    Per class, rows are shuffled with the seed and cut at the rounded fractions, so a class with
+    few rows still lands in every part when it can.
+    """
+    rng = random.Random(seed)
+    parts: list[list[Example]] = [[] for _ in range(len(fractions) + 1)]
+    by_label: dict[str, list[Example]] = {}
+    for e in examples:
+        by_label.setdefault(e.label, []).append(e)
+    for label in sorted(by_label):
+        items = by_label[label][:]
+        rng.shuffle(items)
+        n = len(items)
+        start = 0
+        cuts = [round(n * f) for f in fractions]
+        for i, size in enumerate(cuts, start=1):
+            parts[i].extend(items[start : start + size])
+            start += size
+        parts[0].extend(items[start:])
+    for p in parts:
+        rng.shuffle(p)
+    return parts
+
+
+def load_splits(data_cfg) -> Splits:
+    """Read, check, balance and split the data of a run as configured."""
+    skipped: Counter = Counter()
+    rows, text_col, label_col, name = read_source(data_cfg.train, data_cfg)
+    train = extract_examples(rows, text_col, label_col, name, data_cfg.bad_rows, skipped)
+    if not train:
+        raise TunelabError(f"{name}: no usable rows")
+    report: dict = {"train_file": name, "rows_read": len(rows)}
+    split_seed = data_cfg.split.seed
+
+    if data_cfg.max_rows and len(train) > data_cfg.max_rows:
+        keep = data_cfg.max_rows / len(train)
+        train = stratified_split(train, [1 - keep], split_seed)[1]
+        report["max_rows"] = len(train)
+    if data_cfg.balance == "undersample":
+        before = Counter(e.label for e in train)
+        train = undersample(train, split_seed)
+        report["balanced_from"] = dict(sorted(before.items()))
+
+    given = {}
+    for split_name in ("validation", "test"):
+        spec = getattr(data_cfg, split_name)
+        if spec:
+            r, tc, lc, n = read_source(spec, data_cfg)
+            given[split_name] = extract_examples(r, tc, lc, n, data_cfg.bad_rows, skipped)
+    fractions = [data_cfg.split.validation if "validation" not in given else 0.0, data_cfg.split.test if "test" not in given else 0.0]
+    train, validation, test = stratified_split(train, fractions, split_seed)
+    validation = given.get("validation", validation)
+    test = given.get("test", test)
+
+    labels = sorted({e.label for e in train})
+    if len(labels) < 2:
+        raise TunelabError(f"{name}: found only one label ({labels[0] if labels else 'none'}) in column {label_col!r}; classification needs at least two")
+    validation = drop_unseen_labels(validation, set(labels), "validation", data_cfg.bad_rows, skipped)
+    test = drop_unseen_labels(test, set(labels), "test", data_cfg.bad_rows, skipped)
+
+    report.update(
+        {
+            "skipped_rows": dict(skipped),
+            "sizes": {"train": len(train), "validation": len(validation), "test": len(test)},
+            "class_counts": {s: dict(sorted(Counter(e.label for e in ex).items())) for s, ex in (("train", train), ("validation", validation), ("test", test))},
+        }
+    )
+    return Splits(train, validation, test, labels, report)

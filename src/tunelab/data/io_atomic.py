@@ -1,0 +1,109 @@
+"""Atomic file writers: a reader never sees a half-written output.
+
+Each writer puts the content in a temporary file in the destination's folder, flushes and fsyncs
+it, then `os.replace`s it over the destination (atomic on POSIX and Windows when both paths are on
+one file system, which the same folder guarantees). If anything fails the temporary file is
+removed and the destination is left as it was.
+
+    >>> write_jsonl_atomic("out/clean.jsonl", [{"text": "안녕하세요", "label": 1}])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from tunelab.errors import TunelabError
+
+
+def _json_default(value: Any) -> Any:
+    # numpy scalars and arrays, Paths and sets appear in rows and reports; everything else is a bug
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def _fsync_dir(folder: Path) -> None:
+    # make the rename itself durable; not possible on every platform (e.g. Windows), so best effort
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: str | os.PathLike, chunks: Iterable[bytes]) -> Path:
+    """Write `chunks` to `path` atomically (creating parent folders); returns the path."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TunelabError(f"{path}: cannot create folder {path.parent}: {err.strerror}") from None
+    if path.is_dir():
+        raise TunelabError(f"{path}: is a folder, expected a file path to write")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise TunelabError(f"{path}: cannot write in {path.parent}: {err.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        # mkstemp creates 0600; give the file the permissions a normal open() would
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException as err:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(err, OSError):
+            raise TunelabError(f"{path}: write failed: {err.strerror or err}") from None
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write `text` to `path` atomically; returns the path."""
+    return write_bytes_atomic(path, [text.encode(encoding)])
+
+
+def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    """Write one JSON object per line (UTF-8, Korean kept readable, not \\u-escaped)."""
+
+    def chunks() -> Iterable[bytes]:
+        buf: list[str] = []
+        for row in rows:
+            buf.append(json.dumps(row, ensure_ascii=False, default=_json_default))
+            if len(buf) >= 4096:
+                yield ("\n".join(buf) + "\n").encode("utf-8")
+                buf = []
+        if buf:
+            yield ("\n".join(buf) + "\n").encode("utf-8")
+
+    return write_bytes_atomic(path, chunks())
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Write one indented JSON document atomically."""
+    text = json.dumps(obj, ensure_ascii=False, indent=2, default=_json_default) + "\n"
+    return write_text_atomic(path, text)

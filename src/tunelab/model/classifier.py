@@ -1,0 +1,51 @@
+"""A text classifier: pretrained backbone -> pooled vector -> linear class head.
+
+The model owns its choices: which token is pooled and whether a decoder attends causally. The
+training loop only calls `model(input_ids, attention_mask)` and gets logits (num_sequences, C).
+For decoders the head has no bias, like `score` in transformers' *ForSequenceClassification, so
+that a decoder with last-token pooling and the causal mask exports to that class unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tunelab.model.backbone import hidden_size, is_encoder, set_causal
+from tunelab.model.pooling import pool
+
+
+class TextClassifier(nn.Module):
+    def __init__(self, backbone: nn.Module, num_labels: int, pooling: str = "last", causal_mask: bool = True, head_dropout: float = 0.0):
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+        self.encoder = is_encoder(backbone.config)
+        self.causal_mask = causal_mask
+        if not self.encoder:
+            set_causal(backbone, causal_mask)
+        self.dropout = nn.Dropout(head_dropout)
+        self.head = nn.Linear(hidden_size(backbone.config), num_labels, bias=self.encoder)
+        std = getattr(backbone.config, "initializer_range", 0.02)
+        nn.init.normal_(self.head.weight, std=std)
+        if self.head.bias is not None:
+            nn.init.zeros_(self.head.bias)
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids, attention_mask: (B, T). segment_ids (B, T), optional: 0 = pad, k = k-th
+        sequence of the row (defaults to the attention mask: one sequence per row).
+        Returns logits (num_sequences, num_labels) in float32."""
+        extra = {} if self.encoder else {"use_cache": False}  # no KV cache while classifying
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        hidden = out.last_hidden_state  # (B, T, H)
+        pooled = pool(hidden, attention_mask if segment_ids is None else segment_ids, self.pooling)  # (N, H)
+        return self.head(self.dropout(pooled.to(self.head.weight.dtype))).float()  # (N, C)
+
+    def hf_representable(self) -> bool:
+        """True when stock `AutoModelForSequenceClassification` computes the same function:
+        a decoder pooling its last real token under the causal mask, head without dropout at eval."""
+        return (not self.encoder) and self.pooling == "last" and self.causal_mask

@@ -1,0 +1,89 @@
+"""Use a finished run: `tunelab.load(RUN).predict(texts)` and the reading/writing behind
+`tunelab predict` and `tunelab eval`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tunelab.data.collate import ClassificationCollator, encode_texts
+from tunelab.errors import TunelabError
+from tunelab.model.export import load_exported
+
+
+def _pick_device(device):
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Classifier:
+    """A trained text classifier with its tokenizer, labels and padding settings."""
+
+    def __init__(self, model, tokenizer, meta: dict, device):
+        self.model, self.tokenizer, self.meta, self.device = model, tokenizer, meta, device
+        self.labels: list[str] = meta["labels"]
+        self.max_length = int(meta.get("max_length", 512))
+        self.collate = ClassificationCollator(tokenizer.pad_token_id, "longest", self.max_length)
+
+    def logits(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
+        from tunelab.eval.classification import predict_logits
+
+        enc = encode_texts(self.tokenizer, list(texts), [0] * len(texts), self.max_length)
+        return predict_logits(self.model, list(zip(enc.ids, enc.labels)), self.collate, batch_size, self.device)
+
+    def predict(self, texts: list[str] | str, batch_size: int = 32) -> list[dict]:
+        """[{"label": name, "probs": {name: p, ...}}, ...] for each text (a single string is fine)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        probs = torch.softmax(self.logits(texts, batch_size), dim=-1)
+        out = []
+        for row in probs.tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            out.append({"label": self.labels[best], "probs": {name: round(p, 6) for name, p in zip(self.labels, row)}})
+        return out
+
+
+def resolve_model_dir(run: str | Path) -> Path:
+    """Accept a run folder (holding model/) or a model folder itself."""
+    run = Path(run)
+    for candidate in (run / "model", run):
+        if (candidate / "tunelab.json").is_file():
+            return candidate
+    if not run.exists():
+        raise TunelabError(f"run folder not found: {run}")
+    raise TunelabError(f"{run}: no trained model here (expected {run}/model/tunelab.json); did the run finish?")
+
+
+def load_classifier(run, device=None) -> Classifier:
+    device = _pick_device(device)
+    model, tokenizer, meta = load_exported(resolve_model_dir(run), device)
+    return Classifier(model, tokenizer, meta, device)
+
+
+def read_texts(path: str, text_column: str = "text") -> list[str]:
+    """Texts to predict: `-` (stdin, one per line), a .txt file (one per line), or a data file."""
+    import sys
+
+    if path == "-":
+        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    p = Path(path)
+    if p.suffix.lower() == ".txt":
+        if not p.is_file():
+            raise TunelabError(f"input file not found: {p}")
+        return [line.rstrip("\n") for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from tunelab.data.readers import read_rows
+
+    rows = read_rows(p)
+    if rows and text_column not in rows[0]:
+        raise TunelabError(f"{p}: no column {text_column!r} (found: {', '.join(k for k in rows[0] if k != '_line')}); use --text-column")
+    return [str(r[text_column]) for r in rows]
+
+
+def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
+    from tunelab.train.checkpoint import write_text_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

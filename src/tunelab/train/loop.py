@@ -1,0 +1,206 @@
+"""The one training loop, on accelerate, for every task.
+
+Task differences live in the `objective` (how a batch becomes a summed loss and how many targets
+it holds) and in the model; the loop never sees pooling, templates or heads.
+
+Order of examples is a pure function of (seed, epoch), and optimizer step `s` always uses the same
+examples, so a run resumed from a checkpoint (weights, optimizer, scheduler, RNG states, counters)
+continues exactly where it stopped and ends with the same result as an uninterrupted run.
+
+Gradient accumulation: the loss of every micro-batch is its summed loss divided by the number of
+targets (examples, or target tokens for SFT) of the whole optimizer step, so a step's gradient is
+the true mean over all its targets whatever the micro-batch sizes are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+
+from tunelab.train import checkpoint as ckpt
+from tunelab.train.optim import make_optimizer, make_scheduler, warmup_steps
+
+
+class Objective(Protocol):
+    def __call__(self, model, batch: dict) -> torch.Tensor: ...  # summed loss over the batch's targets
+    def count(self, batch: dict) -> float: ...  # number (or total weight) of targets in the batch
+
+
+@dataclass
+class LoopPlan:
+    """How the data is cut into steps; derived from the config, logged once."""
+
+    n_examples: int
+    micro_batch: int
+    accum: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup: int
+
+    @property
+    def step_size(self) -> int:
+        return self.micro_batch * self.accum
+
+
+def plan_steps(n_examples: int, train_cfg, padding: str) -> LoopPlan:
+    """Micro-batch, accumulation and step counts. `padding: none` means micro-batches of one
+    sequence, accumulated to the configured batch size."""
+    micro = 1 if padding == "none" else train_cfg.batch_size
+    accum = train_cfg.grad_accum * (train_cfg.batch_size if padding == "none" else 1)
+    per_epoch = math.ceil(n_examples / (micro * accum))
+    total = train_cfg.max_steps or max(1, math.ceil(train_cfg.epochs * per_epoch))
+    return LoopPlan(n_examples, micro, accum, per_epoch, total, warmup_steps(train_cfg.warmup, total))
+
+
+def step_indices(step: int, plan: LoopPlan, seed: int) -> list[int]:
+    """Example indices of optimizer step `step`: a slice of the seeded permutation of its epoch.
+    The last step of an epoch may be smaller; steps never cross an epoch boundary."""
+    epoch, within = divmod(step, plan.steps_per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(plan.n_examples, generator=g).tolist()
+    return order[within * plan.step_size : (within + 1) * plan.step_size]
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    best: dict | None
+    stopped_early: bool
+    train_seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+def _better(metric: str, new: float, old: float | None) -> bool:
+    if old is None:
+        return True
+    return new < old if metric == "loss" else new > old
+
+
+def fit(
+    model: torch.nn.Module,
+    dataset: list,
+    collate: Callable[[list], dict],
+    objective: Objective,
+    evaluate: Callable[[torch.nn.Module], dict] | None,
+    train_cfg,
+    padding: str,
+    run_dir: Path,
+    accelerator,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+) -> LoopResult:
+    """Train `model` on `dataset` (a list of items `collate` understands) and keep the best
+    checkpoint by the validation metric. Writes `metrics.jsonl` and `checkpoints/` in run_dir."""
+    from tqdm.auto import tqdm
+
+    plan = plan_steps(len(dataset), train_cfg, padding)
+    log(f"plan: {plan.n_examples} examples, micro-batch {plan.micro_batch} x accumulation {plan.accum} = {plan.step_size} per step, "
+        f"{plan.steps_per_epoch} steps/epoch, {plan.total_steps} steps, warmup {plan.warmup}")
+    optimizer = make_optimizer(model, train_cfg.lr, train_cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, plan.total_steps, plan.warmup, train_cfg.schedule)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    ckpt_root = run_dir / "checkpoints"
+    metrics_path = run_dir / "metrics.jsonl"
+    counters = {"step": 0, "best_value": None, "best_step": None, "bad_evals": 0, "train_seconds": 0.0, "stopped_early": False}
+    if resume and (last := ckpt.latest_checkpoint(ckpt_root)) is not None:
+        counters = ckpt.load_checkpoint(last, accelerator.unwrap_model(model), optimizer, scheduler)
+        log(f"resumed from {last.name} (step {counters['step']} of {plan.total_steps})")
+    _truncate_metrics(metrics_path, counters["step"])
+
+    metric = train_cfg.early_stopping.metric
+    eval_every = plan.steps_per_epoch if train_cfg.eval_every == "epoch" else int(train_cfg.eval_every)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    bar = tqdm(total=plan.total_steps, initial=counters["step"], desc="train", unit="step", disable=not accelerator.is_main_process, dynamic_ncols=True)
+    started = time.perf_counter() - counters["train_seconds"]
+    running = []
+    model.train()
+    while counters["step"] < plan.total_steps and not counters["stopped_early"]:
+        step = counters["step"]
+        indices = step_indices(step, plan, train_cfg.seed)[rank::world]
+        micro = [collate([dataset[i] for i in indices[k : k + plan.micro_batch]]) for k in range(0, len(indices), plan.micro_batch)]
+        # Targets of the whole step, over all processes: each micro-loss is divided by this.
+        local_targets = torch.tensor(sum(objective.count(b) for b in micro), dtype=torch.float32, device=accelerator.device)
+        total_targets = accelerator.reduce(local_targets, "sum").item() if world > 1 else local_targets.item()
+        step_loss = 0.0
+        for k, batch in enumerate(micro):
+            batch = {key: v.to(accelerator.device) if torch.is_tensor(v) else v for key, v in batch.items()}
+            sync = k == len(micro) - 1
+            with accelerator.no_sync(model) if not sync else _null():
+                loss_sum = objective(model, batch)
+                # DDP averages gradients over processes; multiply by world to get a global mean.
+                accelerator.backward(loss_sum * world / max(total_targets, 1e-9))
+            step_loss += loss_sum.item()
+        if train_cfg.max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        counters["step"] = step + 1
+        running.append(step_loss / max(total_targets, 1e-9))
+        lr = scheduler.get_last_lr()[0]
+        bar.update(1)
+        bar.set_postfix(loss=f"{running[-1]:.4f}", lr=f"{lr:.2e}")
+
+        done = counters["step"] >= plan.total_steps
+        if counters["step"] % 10 == 0 or done:
+            _append_metrics(metrics_path, {"step": counters["step"], "epoch": round(counters["step"] / plan.steps_per_epoch, 3), "train_loss": sum(running) / len(running), "lr": lr})
+            running = []
+        if evaluate is not None and (counters["step"] % eval_every == 0 or done):
+            counters["train_seconds"] = time.perf_counter() - started
+            scores = evaluate(model)
+            model.train()
+            _append_metrics(metrics_path, {"step": counters["step"], "split": "validation", **scores})
+            bar.write(f"step {counters['step']}: " + "  ".join(f"val_{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)))
+            if _better(metric, scores[metric], counters["best_value"]):
+                counters.update(best_value=scores[metric], best_step=counters["step"], bad_evals=0)
+                if accelerator.is_main_process:
+                    ckpt.save_best(ckpt_root, accelerator.unwrap_model(model), {"step": counters["step"], "metric": metric, **scores})
+            else:
+                counters["bad_evals"] += 1
+                patience = train_cfg.early_stopping.patience
+                if patience and counters["bad_evals"] >= patience:
+                    counters["stopped_early"] = True
+                    bar.write(f"early stop: val_{metric} did not improve for {patience} evaluations")
+        save_now = (train_cfg.save_every and counters["step"] % train_cfg.save_every == 0) or (evaluate is not None and counters["step"] % eval_every == 0) or done or counters["stopped_early"]
+        if save_now and accelerator.is_main_process:
+            counters["train_seconds"] = time.perf_counter() - started
+            ckpt.save_checkpoint(ckpt_root, counters["step"], accelerator.unwrap_model(model), optimizer, scheduler, counters)
+    bar.close()
+    counters["train_seconds"] = max(counters["train_seconds"], time.perf_counter() - started) if counters["step"] else 0.0
+    best = None
+    if evaluate is not None:
+        best = ckpt.load_best(ckpt_root, accelerator.unwrap_model(model))
+    return LoopResult(counters["step"], best, counters["stopped_early"], counters["train_seconds"], _read_metrics(metrics_path))
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _append_metrics(path: Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, forget log rows written after the checkpoint (they will be written again)."""
+    rows = [r for r in _read_metrics(path) if r["step"] <= step]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))

@@ -1,0 +1,44 @@
+"""Objectives: how a batch becomes a summed loss, and how many targets it holds.
+
+The loop divides the summed loss of each micro-batch by the targets of the whole optimizer step,
+so the objectives return sums, never means.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class ClassificationObjective:
+    """Cross-entropy over sequences, optionally weighted per class.
+
+    With class weights the step's loss is sum(w[y] * ce) / sum(w[y]), the same weighted mean as
+    `F.cross_entropy(weight=w)`, so `count` returns the total weight of the batch's labels.
+    """
+
+    def __init__(self, class_weights: torch.Tensor | None = None):
+        self.class_weights = class_weights
+
+    def _weights(self, labels: torch.Tensor) -> torch.Tensor:
+        if self.class_weights is None:
+            return torch.ones(labels.shape, dtype=torch.float32, device=labels.device)
+        return self.class_weights.to(labels.device)[labels]
+
+    def count(self, batch: dict) -> float:
+        return float(self._weights(batch["labels"]).sum())
+
+    def __call__(self, model, batch: dict) -> torch.Tensor:
+        logits = model(batch["input_ids"], batch["attention_mask"])  # (B, C)
+        ce = F.cross_entropy(logits.float(), batch["labels"], reduction="none")  # (B,)
+        return (ce * self._weights(batch["labels"])).sum()
+
+
+def balanced_class_weights(label_ids: list[int], num_labels: int) -> torch.Tensor:
+    """n / (C * count_c), as scikit-learn's 'balanced': rare classes weigh more.
+
+    >>> balanced_class_weights([0, 0, 0, 1], 2).tolist()
+    [0.6666666865348816, 2.0]
+    """
+    counts = torch.bincount(torch.tensor(label_ids), minlength=num_labels).float()
+    return len(label_ids) / (num_labels * counts.clamp(min=1))

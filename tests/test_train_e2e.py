@@ -1,0 +1,92 @@
+"""A real (tiny) classification run, in process: run folder, metrics, resume, export parity."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from tests.conftest import base_config, read_json, write_config
+from tunelab.config import load_config
+from tunelab.train.run import train_classifier
+
+
+def _run(tmp_path, data, model_dir, name="run", **train):
+    cfg_path = write_config(tmp_path / f"{name}.yaml", base_config(data, model_dir, tmp_path / name, **train))
+    return load_config(cfg_path), cfg_path
+
+
+def test_run_folder_and_metrics(tmp_path, spam_csv, tiny_llama):
+    cfg, _ = _run(tmp_path, spam_csv, tiny_llama, epochs=12, eval_every="epoch", seed=8)
+    summary = train_classifier(cfg, log=lambda *_: None)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "data_report.json", "metrics.jsonl", "test_metrics.json", "test_report.txt", "summary.json", "model/model.safetensors", "model/config.json", "model/tunelab.json", "model/tokenizer.json"):
+        assert (run / name).is_file(), name
+    test = read_json(run / "test_metrics.json")
+    assert set(test["per_class"]) == {"ham", "spam"}
+    assert sum(map(sum, test["confusion_matrix"])) == 48  # 20 % of 240 rows
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("split") == "validation" for r in rows)
+    # The tiny model learns the keyword rule well above chance.
+    assert summary["train"]["accuracy"] >= 0.95
+    assert summary["test"]["accuracy"] >= 0.8  # majority class: 0.67
+    assert summary["hf_compatible"] is True
+
+
+def test_resume_after_crash_gives_same_result(tmp_path, spam_csv, tiny_llama, monkeypatch):
+    """Kill the run mid-way (an exception in the loop after a checkpoint), resume, compare."""
+    cfg_full, _ = _run(tmp_path, spam_csv, tiny_llama, name="full", save_every=3)
+    full = train_classifier(cfg_full, log=lambda *_: None)
+
+    cfg, _ = _run(tmp_path, spam_csv, tiny_llama, name="crash", save_every=3)
+    from tunelab.train import loop
+
+    real_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def dying_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 8:  # after the checkpoint of step 6, before step 9's
+            raise KeyboardInterrupt("simulated kill")
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(cfg, log=lambda *_: None)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    assert not (tmp_path / "crash" / "summary.json").exists()
+    resumed = train_classifier(cfg, resume=True, log=lambda *_: None)
+    assert resumed["steps"] == full["steps"]
+    assert resumed["test"] == full["test"]
+    assert resumed["validation"] == full["validation"]
+    assert resumed["train"] == full["train"]
+
+
+def test_refuses_to_overwrite_runs(tmp_path, spam_csv, tiny_llama):
+    from tunelab.errors import TunelabError
+
+    cfg, _ = _run(tmp_path, spam_csv, tiny_llama, max_steps=2)
+    train_classifier(cfg, log=lambda *_: None)
+    with pytest.raises(TunelabError, match="already holds a finished run"):
+        train_classifier(cfg, log=lambda *_: None)
+    train_classifier(cfg, force=True, log=lambda *_: None)
+
+
+def test_export_parity_with_transformers(tmp_path, spam_csv, tiny_llama):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import tunelab
+
+    cfg, _ = _run(tmp_path, spam_csv, tiny_llama, max_steps=4)
+    train_classifier(cfg, log=lambda *_: None)
+    clf = tunelab.load(tmp_path / "run", device="cpu")
+    texts = ["win cash now", "see you at dinner tonight my love", "ok"]
+    ours = clf.logits(texts)
+    hf = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "run" / "model")).eval()
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "run" / "model"))
+    with torch.no_grad():
+        for text, row in zip(texts, ours):
+            enc = tok(text, return_tensors="pt")
+            assert torch.allclose(hf(**enc).logits[0], row, atol=1e-5)
+    pred = clf.predict(texts)
+    assert pred[0]["label"] in ("ham", "spam") and abs(sum(pred[0]["probs"].values()) - 1) < 1e-4
