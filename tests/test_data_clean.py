@@ -1,5 +1,6 @@
 """The cleaning pipeline: every removal and change is reported with its reason and line."""
 
+import doctest
 import hashlib
 import json
 
@@ -8,6 +9,12 @@ import pytest
 
 from tunelab.data.clean import CleanOptions, clean_file, clean_rows, hf_mean_pool_encoder
 from tunelab.errors import TunelabError
+
+
+def test_docstring_examples():
+    from tunelab.data import clean
+
+    assert doctest.testmod(clean).failed == 0
 
 
 def rows_of(*texts, labels=None):

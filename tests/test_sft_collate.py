@@ -1,8 +1,9 @@
 """Batches and the SFT objective: padding, EOS kept with pad == eos, sums across micro-batches."""
 
+import pytest
 import torch
 import torch.nn.functional as F
-from test_sft_tiny import tiny_model, tiny_tokenizer
+from test_sft_tiny import one_thread, tiny_model, tiny_tokenizer
 
 from tunelab.sft.collate import collate, count_targets, sft_loss
 from tunelab.sft.formats import row_to_messages
@@ -15,6 +16,12 @@ ROWS = [
     {"question": "보험금 청구 기한은?", "context": "사고일로부터 3년 이내", "answer": "3년 이내"},
     {"question": "How long?", "context": "The refund period is 30 days from delivery.", "answer": "30 days"},
 ]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
 
 
 def examples(tok, template="alpaca"):

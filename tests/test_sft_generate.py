@@ -2,8 +2,9 @@
 
 import functools
 
+import pytest
 import torch
-from test_sft_tiny import tiny_model, tiny_tokenizer
+from test_sft_tiny import one_thread, tiny_model, tiny_tokenizer
 
 from tunelab.sft.collate import collate, sft_loss
 from tunelab.sft.formats import row_to_messages
@@ -19,6 +20,12 @@ ROWS = [
     {"question": "What is the capital of France?", "context": "The capital of France is Paris.",
      "answer": "Paris\n[Question]\nagain"},
 ]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,3 +103,13 @@ def test_small_helpers():
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     assert trim_at_stop("Paris\n[Question]\nx", ["\n[Question]", "\n[Context]"]) == "Paris"
     assert trim_at_stop("no stop", ["\n[Question]"]) == "no stop"
+
+
+def test_cut_by_max_new_tokens_never_returns_half_a_korean_character():
+    model, tok, template = overfit()
+    q = questions()[1]
+    n = len(encode(tok, "3년 이내"))
+    assert n > len("3년 이내")  # some syllables span several byte-level tokens
+    for k in range(1, n + 1):
+        out = generate(model, tok, template, [q], max_new_tokens=k)[0]
+        assert "\ufffd" not in out and "3년 이내".startswith(out)

@@ -112,6 +112,7 @@ def test_chat_template_system_override_and_docqa_user_template():
     assert seg.prompt.startswith("<|im_start|>system\nAnswer from the context.<|im_end|>\n<|im_start|>user\nAnswer the [Question]")
     assert seg.prompt.endswith("[Answer]<|im_end|>\n<|im_start|>assistant\n")
     assert "SmolLM" not in seg.prompt
+    assert t.stop_strings(tok) == ["<|im_end|>"]  # found without the docqa fields
 
 
 def test_chat_template_that_rewrites_history_is_refused():
@@ -160,3 +161,35 @@ def test_load_template_errors(tmp_path):
         load_template(tmp_path)
     with pytest.raises(TunelabError, match="unknown type 'rnn'"):
         template_from_dict({"type": "rnn"})
+
+
+def _hf_messages(msgs):
+    """HF chat messages carry a row's fields as extra keys."""
+    return [{"role": m["role"], "content": m["content"], **m.get("fields", {})} for m in msgs]
+
+
+@pytest.mark.parametrize("name, row", [
+    ("alpaca", {"instruction": "Add.", "input": "2+2", "output": "4"}),
+    ("alpaca", {"messages": [{"role": "system", "content": "SYS"}, {"role": "user", "content": "a"},
+                             {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"},
+                             {"role": "assistant", "content": "d"}]}),
+    ("docqa-ko", KO_ROW), ("docqa", EN_ROW), ("jinja", {"prompt": "hi", "completion": "yo"}),
+    ("chat", KO_ROW),
+])
+@pytest.mark.parametrize("bos", [False, True])
+def test_hf_chat_template_gives_the_same_prompt_ids(name, row, bos):
+    from tunelab.sft.templates import hf_chat_template
+    from tunelab.sft.tokenize import encode_prompt, tokenize_messages
+
+    tok = tiny_tokenizer(bos=bos)
+    t = build_template(name, tok, prompt="[{{ turn }}] {{ content }}\n" if name == "jinja" else None,
+                       system="Be exact." if name == "chat" else None,
+                       user_template="docqa-ko" if name == "chat" else None)
+    hf = hf_chat_template(t, tok)
+    msgs = row_to_messages(row)
+    prompt = tok.apply_chat_template(_hf_messages(msgs[:-1]), chat_template=hf, tokenize=True,
+                                     add_generation_prompt=True, return_dict=False)
+    assert list(prompt) == encode_prompt(msgs[:-1], t, tok)
+    full = tok.apply_chat_template(_hf_messages(msgs), chat_template=hf, tokenize=True, return_dict=False)
+    ours = tokenize_messages(msgs, t, tok)["input_ids"]
+    assert list(full[: len(ours)]) == ours  # ChatML adds one untrained "\n" after the last turn

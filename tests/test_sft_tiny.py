@@ -6,6 +6,7 @@ mimics SmolLM2: ChatML chat template with a default system prompt, pad == eos ==
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -71,6 +72,18 @@ def tiny_model(tokenizer, seed: int = 0):
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
     )
     return LlamaForCausalLM(cfg)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run tiny-model work on one thread: on a busy 2-core machine, two threads per process
+    fight over cores and tiny ops get ~50x slower (seen: 0.8 s vs 50 s for 60 steps)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_tiny_tokenizer_is_like_smollm2():

@@ -139,12 +139,13 @@ def test_truncation_cuts_the_context_never_the_answer(row, name):
     text = tok.decode(ex["input_ids"])
     assert row["question"] in text and "\ufffd" not in text  # no half Korean syllable
     # the context kept is the original's start, as long as fits: one more token would not
-    ctx_ids = encode(tok, long_row["context"])
-    kept = next(k for k in range(len(ctx_ids), -1, -1)
-                if cut_text(tok, long_row["context"], k) in text
-                and len(tokenize_messages(row_to_messages({**long_row, "context": cut_text(tok, long_row["context"], k)}), t, tok)["input_ids"]) <= max_length)
-    over = {**long_row, "context": cut_text(tok, long_row["context"], kept + 1)}
-    assert len(tokenize_messages(row_to_messages(over), t, tok)["input_ids"]) > max_length
+    def length(n_context_tokens):
+        cut = cut_text(tok, long_row["context"], n_context_tokens)
+        return len(tokenize_messages(row_to_messages({**long_row, "context": cut}), t, tok)["input_ids"])
+
+    n = len(encode(tok, long_row["context"]))
+    kept = max(k for k in range(1, n + 1) if cut_text(tok, long_row["context"], k) in text and length(k) <= max_length)
+    assert length(kept) == len(ex["input_ids"]) and length(kept + 1) > max_length
 
 
 def test_truncation_of_alpaca_shortens_input_keeps_instruction():

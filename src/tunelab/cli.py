@@ -24,6 +24,7 @@ COMMANDS = {
     "train": "train",
     "eval": "evaluate",
     "predict": "predict",
+    "data": "data",
 }
 
 

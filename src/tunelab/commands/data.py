@@ -264,10 +264,12 @@ def _split(args) -> int:
     else:
         validation = 0.1 if args.validation is None else args.validation
         names = train_validation_test(labels, groups, validation=validation, test=args.test, seed=args.seed)
-        for name in ("train", "validation", "test"):
-            idx = np.flatnonzero(names == name)
-            if len(idx) or name == "train":
+        for name, frac in (("train", 1.0), ("validation", validation), ("test", args.test)):
+            if frac > 0:
+                idx = np.flatnonzero(names == name)
                 written.append(write_jsonl_atomic(out / f"{name}.jsonl", (public_row(rows[i]) for i in idx)))
+            elif (out / f"{name}.jsonl").exists():
+                print(f"note: {out / f'{name}.jsonl'} is from an earlier run (this one has no {name} part)")
     leaks = leaked_groups(names, groups)
     assert leaks == 0, f"{leaks} duplicate groups straddle two parts"
     summary["parts"] = label_table(labels, names)

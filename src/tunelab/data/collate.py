@@ -24,6 +24,8 @@ class Encoded:
 
 def encode_texts(tokenizer, texts: list[str], labels: list[int], max_length: int) -> Encoded:
     """Token ids without padding, truncated to max_length (and counted)."""
+    if not texts:
+        return Encoded([], [], 0)
     ids = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
     truncated = sum(len(x) > max_length for x in ids)
     return Encoded([x[:max_length] for x in ids], list(labels), truncated)

@@ -29,11 +29,14 @@ def _label_codes(labels: Sequence[Any] | None, n: int) -> tuple[np.ndarray, list
     return codes.astype(np.int64), [str(x) for x in names]
 
 
-def _largest_remainder(quota: np.ndarray, total: int) -> np.ndarray:
-    base = np.floor(quota).astype(np.int64)
+def _largest_remainder(quota: np.ndarray, total: int, deficit: np.ndarray) -> np.ndarray:
+    """Integer counts summing to `total`, close to `quota`; ties go to the part furthest below its
+    overall target (`deficit`), so rounding does not always favour the first part."""
+    base = np.floor(quota + 1e-9).astype(np.int64)
     short = total - int(base.sum())
     if short > 0:
-        order = np.argsort(-(quota - base), kind="stable")
+        remainder = np.round(quota - base, 9)
+        order = np.lexsort((-deficit, -remainder))
         base[order[:short]] += 1
     return base
 
@@ -85,7 +88,8 @@ def assign_groups(labels: Sequence[Any] | None, groups: np.ndarray, fractions: S
             continue
         need = np.maximum(target[:, label] - current[:, label], 0.0)
         quota = need * (len(rows) / need.sum()) if need.sum() > 0 else frac * len(rows) / frac.sum()
-        take = _largest_remainder(quota, len(rows))
+        deficit = frac * n - current.sum(axis=1)
+        take = _largest_remainder(quota, len(rows), deficit)
         bounds = np.concatenate([[0], np.cumsum(take)])
         for s in range(len(frac)):
             part[rows[bounds[s] : bounds[s + 1]]] = s
@@ -128,7 +132,8 @@ def label_table(labels: Sequence[Any] | None, part: np.ndarray) -> dict[str, dic
     """{part: {label: rows}} for the split summary."""
     codes, names = _label_codes(labels, len(part))
     out: dict[str, dict[str, int]] = {}
-    for p in dict.fromkeys(part.tolist()):
+    present = set(part.tolist())
+    for p in [x for x in SPLITS if x in present] + sorted(present - set(SPLITS)):
         sel = codes[part == p]
         out[str(p)] = {names[c]: int(v) for c, v in enumerate(np.bincount(sel, minlength=len(names))) if v}
     return out

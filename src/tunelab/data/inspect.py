@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tunelab.data import dedup, normalize, pii
-from tunelab.data.clean import _label_key, guess_text_columns, row_text
+from tunelab.data.clean import _PLACEHOLDER, _label_key, guess_text_columns, row_text
 
 EXAMPLES = 10  # lines listed per finding
 
@@ -89,9 +89,9 @@ def inspect_rows(rows: Sequence[dict], *, text_column: str | Sequence[str] | Non
     for t in texts:
         steps.update(normalize.normalize_steps(t)[1])
         pii_rows.update({f.type for f in pii.find_pii(t)})
-        counts = normalize.script_counts(t)
-        script += counts
-        dominant[normalize.dominant_script(t)] += 1
+        letters_only = _PLACEHOLDER.sub(" ", t) if "[" in t else t  # '[PHONE]' is not Latin text
+        script += normalize.script_counts(letters_only)
+        dominant[normalize.dominant_script(letters_only)] += 1
     stats["would_normalize"] = dict(steps.most_common())
     stats["pii_rows"] = dict(pii_rows.most_common())
     letters = int(script.sum())
@@ -164,7 +164,10 @@ def _sections(stats: dict) -> list[tuple[str, list[tuple[str, str]]]]:
     ])]  # fmt: skip
     if "labels" in stats:
         total = max(stats["rows"], 1)
-        out.append(("Labels", [(k, f"{_fmt(v)}  ({100 * v / total:.1f} %)") for k, v in stats["labels"].items()]))
+        items = [(k[:60], f"{_fmt(v)}  ({100 * v / total:.1f} %)") for k, v in list(stats["labels"].items())[:30]]
+        if len(stats["labels"]) > 30:
+            items.append(("...", f"{len(stats['labels']) - 30:,} more labels"))
+        out.append(("Labels", items))
     for key, title in (("chars", "Length in characters"), ("tokens", "Length in tokens")):
         if stats.get(key):
             s = stats[key]

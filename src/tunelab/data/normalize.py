@@ -156,6 +156,7 @@ for _b in range(0x80, 0x100):
         pass
 _LATIN_RUN = re.compile("[" + re.escape("".join(sorted(_SINGLE_BYTE))) + "]{2,}")
 _NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]{2,}")
+_HANJA = re.compile("[\u4e00-\u9fff\uf900-\ufaff]")
 
 
 def _is_hangul_syllable(ch: str) -> bool:
@@ -236,7 +237,8 @@ def fix_mojibake(text: str) -> str:
         return text
     for _ in range(3):  # double mojibake ('Ã&#131;Â©') unwinds one layer per pass
         new = _LATIN_RUN.sub(_repair_latin_run, text)
-        new = _NON_ASCII_RUN.sub(_repair_cp949_run, new)
+        if _HANJA.search(new):  # UTF-8 Korean read as cp949 always shows Hanja ('怨좉컼' for '고객')
+            new = _NON_ASCII_RUN.sub(_repair_cp949_run, new)
         if new == text:
             break
         text = new
@@ -245,9 +247,17 @@ def fix_mojibake(text: str) -> str:
 
 # --- garbled text ------------------------------------------------------------------------------
 
-# what is left of UTF-8 read as cp1252 when the repair could not prove it ('Ã©', 'Â\xa0', 'â€')
-_LEFTOVER_MOJIBAKE = re.compile("\u00c3[\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc\u2013-\u203a\u20ac\u2122]|\u00c2[\u0080-\u00bf]|\u00e2\u20ac")
+# what is left of UTF-8 read as cp1252 when the repair could not prove it (a byte was lost):
+# 'Ã©', 'Â\xa0', 'â€', and Korean leads ê ë ì í before a continuation character ('íƒ'); quotes
+# and NBSP are left out after ê-í so that 'Noël»' stays legitimate
+_CP1252_CONT = "\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc\u2013-\u203a\u20ac\u2122"
+_LEFTOVER_MOJIBAKE = re.compile(
+    f"\u00c3[\u0080-\u00bf{_CP1252_CONT}]|\u00c2[\u0080-\u00bf]|\u00e2\u20ac"
+    f"|[\u00ea-\u00ed][\u0080-\u009f\u00a2-\u00aa\u00ac-\u00af\u00b1-\u00b6\u00b8-\u00ba\u00bc-\u00be\u0152-\u0192\u02c6\u02dc\u2020-\u2030\u20ac\u2122]"
+)
 _LATIN1_RUN4 = re.compile("[\u00a1-\u00fe]{4,}")
+# controls (not tab/newline), private use, lone surrogates
+_ODD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ue000-\uf8ff\ud800-\udfff\U000f0000-\U0010ffff]")
 
 
 def looks_garbled(text: str) -> bool:
@@ -264,7 +274,7 @@ def looks_garbled(text: str) -> bool:
         return True
     if _LEFTOVER_MOJIBAKE.search(text) or _LATIN1_RUN4.search(text):
         return True
-    odd = sum(1 for ch in text if unicodedata.category(ch) in ("Cc", "Co", "Cs", "Cn") and ch not in "\t\n\r")
+    odd = _ODD_CHARS.subn("", text)[1]
     return odd > 0.1 * len(text)
 
 

@@ -107,7 +107,8 @@ def generate(
     """Generate an answer for each prompt (str, data row or messages); returns only new text.
 
     Prompts are sorted by length so batches hold similar lengths; results come back in the
-    input order, stripped of surrounding whitespace.
+    input order, stripped of surrounding whitespace and of a character cut in half by
+    max_new_tokens.
     """
     conversations = [as_messages(p, fmt) for p in prompts]
     encoded = [encode_prompt(m, template, tokenizer) for m in conversations]
@@ -135,7 +136,9 @@ def generate(
                 new = gen[row, ids.shape[1]:].tolist()
                 end = next((k for k, t in enumerate(new) if t in stop_ids), len(new))
                 text = tokenizer.decode(new[:end], skip_special_tokens=True)
-                out[i] = trim_at_stop(text, stop_strings).strip()
+                # max_new_tokens can stop inside a multi-byte character (Korean in a byte-level
+                # vocabulary): drop the incomplete tail rather than return U+FFFD
+                out[i] = trim_at_stop(text, stop_strings).rstrip("\ufffd").strip()
     finally:
         model.train(was_training)
     return out

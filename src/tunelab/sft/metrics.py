@@ -7,7 +7,8 @@ What "Korean-aware" means here:
 - Text is NFKC-normalised first, so composed and decomposed Hangul (NFC vs NFD jamo, as from
   some macOS tools) and full-width forms compare equal.
 - Exact match, token F1 and ROUGE-L share one normalisation (SQuAD style: lower case,
-  punctuation removed, English articles a/an/the removed, whitespace collapsed) and one unit
+  punctuation removed except a decimal point between digits, so 4.5 % and 45 % differ,
+  English articles a/an/the removed, whitespace collapsed) and one unit
   of comparison: a run of Latin letters/digits is one unit (an English word), but every Hangul
   syllable, CJK ideograph and kana is a unit of its own. Korean words carry particles and
   endings ("서울" / "서울은" / "서울입니다") and spacing varies, so whitespace words would
@@ -32,16 +33,19 @@ from collections import Counter
 _CHAR_UNIT = r"[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7a3]"
 _UNITS = re.compile(_CHAR_UNIT + r"|(?:(?!" + _CHAR_UNIT + r")\S)+")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
+_DECIMAL = re.compile(r"(?<=\d)\.(?=\d)")  # the point of 4.5 is kept: a 4.5 % rate is not 45 %
 
 
 def normalize(text: str) -> str:
-    """NFKC, lower case, punctuation and English articles removed, whitespace collapsed.
+    """NFKC, lower case, punctuation (but decimal points) and English articles removed,
+    whitespace collapsed.
 
-    >>> normalize("The  Answer: 30일!")
-    'answer 30일'
+    >>> normalize("The  Answer: 30일, 연 4.5%!")
+    'answer 30일 연 4.5'
     """
-    text = unicodedata.normalize("NFKC", text).lower()
+    text = _DECIMAL.sub("\0", unicodedata.normalize("NFKC", text).lower())
     text = "".join(c for c in text if not unicodedata.category(c).startswith("P"))
+    text = text.replace("\0", ".")
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
 
@@ -196,7 +200,8 @@ def score_predictions(preds: list[str], refs: list[str], refusal=None) -> dict:
     if refusal is not None:
         out.update(refusal_scores(preds, refs, refusal))
         strings = {normalize(r) for r in _as_list(refusal)}
-        out["answer_exact_match"] = mean(exact_match, ((p, r) for p, r in pairs if normalize(r) not in strings))
+        answerable = [(p, r) for p, r in pairs if normalize(r) not in strings]
+        out["answer_exact_match"] = mean(exact_match, answerable)
     return out
 
 

@@ -46,7 +46,9 @@ def special_prefix(tokenizer) -> list[int]:
     return []
 
 
-def mask_prompt(prompt_ids: list[int], response_ids: list[int], train_on_prompt: bool = False) -> list[int]:
+def mask_prompt(
+    prompt_ids: list[int], response_ids: list[int], train_on_prompt: bool = False
+) -> list[int]:
     """Labels of one turn: IGNORE on the prompt (unless trained), the ids on the response.
 
     >>> mask_prompt([5, 6], [7, 2])

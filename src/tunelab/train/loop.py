@@ -58,13 +58,32 @@ def plan_steps(n_examples: int, train_cfg, padding: str) -> LoopPlan:
     return LoopPlan(n_examples, micro, accum, per_epoch, total, warmup_steps(train_cfg.warmup, total))
 
 
-def step_indices(step: int, plan: LoopPlan, seed: int) -> list[int]:
-    """Example indices of optimizer step `step`: a slice of the seeded permutation of its epoch.
-    The last step of an epoch may be smaller; steps never cross an epoch boundary."""
-    epoch, within = divmod(step, plan.steps_per_epoch)
+def epoch_order(epoch: int, plan: LoopPlan, seed: int, lengths: list[int] | None = None) -> list[list[int]]:
+    """The steps of one epoch: lists of example indices, a pure function of (seed, epoch).
+
+    Without `lengths`: consecutive slices of a seeded permutation. With `lengths` (group by
+    length): the permutation is cut into windows of 50 steps, each window sorted by length and cut
+    into steps, and the steps shuffled again, so a batch holds similar lengths (little padding)
+    while the data order stays random. The last step may be smaller.
+    """
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(plan.n_examples, generator=g).tolist()
-    return order[within * plan.step_size : (within + 1) * plan.step_size]
+    size = plan.step_size
+    if lengths is not None:
+        window = size * 50
+        order = [i for w in range(0, len(order), window) for i in sorted(order[w : w + window], key=lambda i: lengths[i])]
+    steps = [order[k : k + size] for k in range(0, len(order), size)]
+    if lengths is not None:
+        full = [s for s in steps if len(s) == size]
+        perm = torch.randperm(len(full), generator=g).tolist()
+        steps = [full[i] for i in perm] + [s for s in steps if len(s) != size]
+    return steps
+
+
+def step_indices(step: int, plan: LoopPlan, seed: int, lengths: list[int] | None = None) -> list[int]:
+    """Example indices of optimizer step `step`; steps never cross an epoch boundary."""
+    epoch, within = divmod(step, plan.steps_per_epoch)
+    return epoch_order(epoch, plan, seed, lengths)[within]
 
 
 @dataclass
@@ -93,10 +112,12 @@ def fit(
     run_dir: Path,
     accelerator,
     resume: bool = False,
+    lengths: list[int] | None = None,
     log: Callable[[str], None] = print,
 ) -> LoopResult:
     """Train `model` on `dataset` (a list of items `collate` understands) and keep the best
-    checkpoint by the validation metric. Writes `metrics.jsonl` and `checkpoints/` in run_dir."""
+    checkpoint by the validation metric. Writes `metrics.jsonl` and `checkpoints/` in run_dir.
+    `lengths` (one per example) turns on batching by similar length."""
     from tqdm.auto import tqdm
 
     plan = plan_steps(len(dataset), train_cfg, padding)
@@ -120,10 +141,14 @@ def fit(
     bar = tqdm(total=plan.total_steps, initial=counters["step"], desc="train", unit="step", disable=not accelerator.is_main_process, dynamic_ncols=True)
     started = time.perf_counter() - counters["train_seconds"]
     running = []
+    cached_epoch: list = [None, None]  # (epoch, its steps): computed once per epoch
     model.train()
     while counters["step"] < plan.total_steps and not counters["stopped_early"]:
         step = counters["step"]
-        indices = step_indices(step, plan, train_cfg.seed)[rank::world]
+        epoch, within = divmod(step, plan.steps_per_epoch)
+        if cached_epoch[0] != epoch:
+            cached_epoch[:] = [epoch, epoch_order(epoch, plan, train_cfg.seed, lengths)]
+        indices = cached_epoch[1][within][rank::world]
         micro = [collate([dataset[i] for i in indices[k : k + plan.micro_batch]]) for k in range(0, len(indices), plan.micro_batch)]
         # Targets of the whole step, over all processes: each micro-loss is divided by this.
         local_targets = torch.tensor(sum(objective.count(b) for b in micro), dtype=torch.float32, device=accelerator.device)

@@ -127,7 +127,8 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
         return {k: scores[k] for k in ("loss", "accuracy", "macro_f1")}
 
     torch.manual_seed(cfg.train.seed)
-    result = fit(model, encoded["train"], collate, objective, validate if encoded["validation"] else None, cfg.train, cfg.data.padding, run_dir, accelerator, resume=resume, log=log)
+    result = fit(model, encoded["train"], collate, objective, validate if encoded["validation"] else None, cfg.train, cfg.data.padding, run_dir, accelerator, resume=resume,
+                 lengths=[len(ids) for ids, _ in encoded["train"]] if cfg.data.group_by_length else None, log=log)
     model = accelerator.unwrap_model(model)
 
     test = evaluate_items(model, encoded["test"], eval_collate, cfg.eval.batch_size, device, splits.labels) if encoded["test"] else None

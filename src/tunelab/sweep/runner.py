@@ -1,0 +1,206 @@
+"""Execute the runs of a sweep (or a cross-validation): resumable, change-aware, optionally parallel.
+
+Every run lives in its folder with `cell.json` (the resolved config and its hash). Before anything
+runs, each folder is classified:
+    new      no folder yet                       -> run
+    partial  same hash, no summary.json          -> run again with resume (continues from its checkpoint)
+    done     same hash, summary.json present     -> reused, not run
+    changed  a different hash (or no cell.json)  -> error, unless rerun_changed (deleted and run anew)
+so results of an old cell definition are never mixed with a new one. Runs then go one after
+another (or `parallel` at once), each in a fresh `python -m tunelab.sweep.worker` process whose
+output goes to `<run>/train.log`; a failed run is reported and the others go on. A progress line
+after each run shows runs and cells done, runs left and the ETA.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+from tunelab.sweep.spec import Run, flatten
+
+
+@dataclass
+class Outcome:
+    ran: list[Run] = field(default_factory=list)
+    reused: list[Run] = field(default_factory=list)
+    failed: list[tuple[Run, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def status(run: Run) -> str:
+    folder = run.home.folder
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return "new"
+    meta = folder / "cell.json"
+    if not meta.is_file():
+        return "changed"
+    try:
+        stored = json.loads(meta.read_text(encoding="utf-8")).get("hash")
+    except (json.JSONDecodeError, OSError):
+        return "changed"
+    if stored != run.hash:
+        return "changed"
+    return "done" if (folder / "summary.json").is_file() else "partial"
+
+
+def describe_change(run: Run) -> str:
+    """What differs between the stored definition of a run and the current one (a few keys)."""
+    meta = run.home.folder / "cell.json"
+    if not meta.is_file():
+        return "no cell.json (not a run made by a sweep)"
+    stored = json.loads(meta.read_text(encoding="utf-8"))
+    old, new = flatten(stored.get("config", {})), flatten(run.config)
+    keys = [k for k in dict.fromkeys([*old, *new]) if k != "output_dir" and old.get(k) != new.get(k)]
+    parts = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:3]]
+    if stored.get("fingerprint") != run.fingerprint:
+        parts.append("its input data changed")
+    return ", ".join(parts) or "definition changed"
+
+
+def write_cell_json(run: Run) -> None:
+    from tunelab.train.checkpoint import write_text_atomic
+
+    cell = run.cell
+    body = {
+        "cell": cell.slug, "group": cell.group, "dataset": cell.dataset, "variant": cell.variant,
+        "question": cell.question, "seed": run.seed, "overrides": cell.overrides, "base": str(cell.base),
+        "hash": run.hash, "fingerprint": run.fingerprint, "config": run.config,
+    }
+    run.folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run.folder / "cell.json", json.dumps(body, indent=1, ensure_ascii=False, default=str))
+
+
+def check_changes(runs: list[Run], rerun_changed: bool, what: str = "sweep") -> None:
+    """Raise (or, with rerun_changed, delete the folders) for runs whose definition changed."""
+    changed = [r for r in _homes(runs) if status(r) == "changed"]
+    if not changed:
+        return
+    if rerun_changed:
+        for r in changed:
+            shutil.rmtree(r.folder)
+        return
+    listed = "\n  ".join(f"{r.label} ({r.folder}): {describe_change(r)}" for r in changed[:5])
+    more = f"\n  (and {len(changed) - 5} more)" if len(changed) > 5 else ""
+    raise TunelabError(
+        f"{len(changed)} run folder(s) of this {what} were made with a different definition; their results "
+        f"would be mixed with the new one:\n  {listed}{more}\n"
+        f"Use a new output folder, or pass --rerun-changed to delete these runs and run them again."
+    )
+
+
+def _homes(runs: list[Run]) -> list[Run]:
+    return [r for r in runs if r.alias_of is None]
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _log_tail(folder: Path, n: int = 3) -> str:
+    log = folder / "train.log"
+    if not log.is_file():
+        return "(no train.log)"
+    lines = [l for l in log.read_text(encoding="utf-8", errors="replace").splitlines() if l.strip()]
+    return " | ".join(lines[-n:])
+
+
+def execute(runs: list[Run], *, parallel: int = 1, threads: int | None = None, keep: str = "metrics",
+            rerun_changed: bool = False, isolate: bool = True, what: str = "sweep", log=print) -> Outcome:
+    """Run every run not yet done; return what ran, what was reused and what failed."""
+    if parallel < 1:
+        raise TunelabError("--parallel must be at least 1")
+    if not isolate and parallel > 1:
+        raise TunelabError("parallel runs need separate processes (isolate=True)")
+    check_changes(runs, rerun_changed, what)
+    homes = _homes(runs)
+    states = {id(r): status(r) for r in homes}
+    todo = [r for r in homes if states[id(r)] != "done"]
+    out = Outcome(reused=[r for r in homes if states[id(r)] == "done"])
+    cells = {}
+    for r in runs:
+        cells.setdefault(r.cell.slug, []).append(r)
+    if threads is None and isolate:
+        threads = max(1, (os.cpu_count() or 1) // parallel)
+    log(f"[{what}] {len(runs)} runs ({len(homes)} distinct) in {len(cells)} cells: {len(out.reused)} done, "
+        f"{sum(states[id(r)] == 'partial' for r in homes)} to resume, {sum(states[id(r)] == 'new' for r in homes)} new"
+        + (f"; {parallel} at a time" if parallel > 1 else "") + (f", {threads} threads each" if isolate else ""))
+
+    started = time.perf_counter()
+    durations: list[float] = []
+
+    def progress(run: Run, seconds: float, ok: bool, note: str) -> None:
+        finished = {id(r) for r in out.reused + out.ran}
+        done_cells = sum(all(id(r.home) in finished for r in rs) for rs in cells.values())
+        left = len(todo) - len(out.ran) - len(out.failed)
+        eta = _fmt_seconds(left * (sum(durations) / len(durations)) / parallel) if durations and left else ("0s" if not left else "?")
+        log(f"[{what}] runs {len(finished)}/{len(homes)} done, cells {done_cells}/{len(cells)}, {left} left, ETA {eta} | "
+            f"{run.label} {'finished' if ok else 'FAILED'} in {_fmt_seconds(seconds)}{note}")
+
+    def finish(run: Run, seconds: float, error: str | None) -> None:
+        summary_path = run.folder / "summary.json"
+        if error is None and summary_path.is_file():
+            durations.append(seconds)
+            out.ran.append(run)
+            test = (json.loads(summary_path.read_text()).get("test") or {})
+            note = f": test accuracy {test['accuracy']:.4f}" if "accuracy" in test else ""
+            progress(run, seconds, True, note)
+        else:
+            msg = error or _log_tail(run.folder)
+            out.failed.append((run, msg))
+            progress(run, seconds, False, f": {msg}")
+
+    if not isolate:
+        from tunelab.sweep.worker import run_folder
+
+        for run in todo:
+            if states[id(run)] == "new":
+                write_cell_json(run)
+            t0 = time.perf_counter()
+            try:
+                run_folder(run.folder, threads, keep, log=lambda *a: None)
+                finish(run, time.perf_counter() - t0, None)
+            except Exception as err:  # a crashed run must not end the sweep
+                finish(run, time.perf_counter() - t0, f"{type(err).__name__}: {err}")
+    else:
+        env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
+        pending = list(todo)
+        active: dict = {}  # Popen -> (run, start time, log file)
+        try:
+            while pending or active:
+                while pending and len(active) < parallel:
+                    run = pending.pop(0)
+                    if states[id(run)] == "new":
+                        write_cell_json(run)
+                    logf = open(run.folder / "train.log", "a", encoding="utf-8")
+                    logf.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {states[id(run)]} run: {run.label}\n")
+                    logf.flush()
+                    cmd = [sys.executable, "-m", "tunelab.sweep.worker", str(run.folder), "--keep", keep, "--threads", str(threads)]
+                    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+                    active[proc] = (run, time.perf_counter(), logf)
+                time.sleep(0.2)
+                for proc in [p for p in active if p.poll() is not None]:
+                    run, t0, logf = active.pop(proc)
+                    logf.close()
+                    rc = proc.returncode
+                    finish(run, time.perf_counter() - t0, None if rc == 0 else f"exit code {rc}: {_log_tail(run.folder)}")
+        except BaseException:
+            for proc, (_, _, logf) in active.items():
+                proc.terminate()
+            for proc, (_, _, logf) in active.items():
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                logf.close()
+            raise
+    out.seconds = time.perf_counter() - started
+    return out

@@ -1,0 +1,68 @@
+"""Config checking: every shipped config validates; bad keys, types and values are named."""
+
+from pathlib import Path
+
+import pytest
+
+from tunelab.cli import main
+from tunelab.config import apply_overrides, load_config, parse_override
+from tunelab.errors import TunelabError
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "sweeps" not in p.parts)
+
+
+def test_every_shipped_config_validates():
+    assert len(SHIPPED) >= 3, SHIPPED
+    for path in SHIPPED:
+        cfg = load_config(path)
+        assert cfg.model.name and cfg.data.train, path
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+MINIMAL = "data: {train: x.csv}\nmodel: {name: asset:minilm-l6}\n"
+
+
+def test_unknown_key_suggests_the_closest(tmp_path):
+    with pytest.raises(TunelabError) as err:
+        load_config(_write(tmp_path, MINIMAL + "train: {learning_rate: 0.1, epochs: 2}\n"))
+    assert "unknown key 'train.learning_rate'" in str(err.value)
+    with pytest.raises(TunelabError, match=r"did you mean 'model.pooling'"):
+        load_config(_write(tmp_path, MINIMAL.replace("asset:minilm-l6", "asset:minilm-l6, poolng: last")))
+
+
+def test_vocabulary_and_type_errors_name_the_key(tmp_path):
+    with pytest.raises(TunelabError, match=r"'model.pooling' = 'lats' is not one of .*did you mean 'last'"):
+        load_config(_write(tmp_path, MINIMAL), ["model.pooling=lats"])
+    with pytest.raises(TunelabError, match=r"'train.batch_size' = 'big'"):
+        load_config(_write(tmp_path, MINIMAL), ["train.batch_size=big"])
+    with pytest.raises(TunelabError, match=r"'data' is required"):
+        load_config(_write(tmp_path, "model: {name: x}\n"))
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    with pytest.raises(TunelabError, match=r"c.yaml:4: not valid YAML"):
+        load_config(_write(tmp_path, MINIMAL + "train: {epochs: [1,\n"))
+
+
+def test_overrides_are_typed():
+    assert parse_override("train.lr=1e-4") == (["train", "lr"], 1e-4)
+    assert apply_overrides({"train": {"lr": 1}}, ["train.lr=2", "model.lora.r=8"]) == {"train": {"lr": 2}, "model": {"lora": {"r": 8}}}
+    with pytest.raises(TunelabError, match="must look like"):
+        parse_override("train.lr")
+
+
+def test_cli_prints_errors_without_traceback(tmp_path, capsys):
+    cfg = _write(tmp_path, MINIMAL + "train: {epoch: 2}\n")
+    assert main(["validate", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'train.epoch'; did you mean 'train.epochs'?" in err
+    assert "Traceback" not in err
+    assert main(["validate", str(cfg), "train.epoch=null"]) == 2  # still there: overrides add, not remove
+    assert main(["validate", str(_write(tmp_path, MINIMAL))]) == 0
+    assert "pooling: last" in capsys.readouterr().out
