@@ -51,7 +51,7 @@ def print_table(cells, log=print) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from tunelab.sweep import matches, report, run_sweep
+    from tunelab.sweep import matches, run_sweep, write_sweep_report
     from tunelab.sweep.spec import load_sweep
 
     if args.dry_run or args.report_only:
@@ -61,7 +61,7 @@ def run(args) -> int:
             print(f"{args.sweep}: {len(cells)} cells, {len(runs)} runs ({len(homes)} distinct configs), every run config valid")
             print_plan([r for r in runs if matches(r.cell.slug, args.only)] if args.only else runs)
             return 0
-        result = report(args.sweep, spec, runs, Path(args.output_dir or spec.output_dir))
+        result = write_sweep_report(args.sweep, spec, runs, Path(args.output_dir or spec.output_dir))
     else:
         result = run_sweep(args.sweep, args.overrides, output_dir=args.output_dir, parallel=args.parallel, threads=args.threads,
                            rerun_changed=args.rerun_changed, only=args.only, keep=args.keep)

@@ -22,6 +22,7 @@ from tunelab.sft.templates import (
     REFUSAL_KO,
     TEMPLATE_FILE,
     build_template,
+    hf_chat_template,
     load_template,
     save_template,
     template_from_dict,
@@ -30,7 +31,8 @@ from tunelab.sft.tokenize import IGNORE, TooLongError, encode_prompt, tokenize_m
 
 __all__ = [
     "FORMATS", "IGNORE", "REFUSAL_EN", "REFUSAL_KO", "TEMPLATE_FILE", "TooLongError",
-    "build_template", "detect_format", "encode_prompt", "examples_table", "load_template",
+    "build_template", "detect_format", "encode_prompt", "examples_table", "hf_chat_template",
+    "load_template",
     "row_to_messages", "save_template", "score_predictions", "split_prompt",
     "template_from_dict", "tokenize_messages",
 ]

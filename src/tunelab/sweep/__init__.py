@@ -31,7 +31,7 @@ def _notes(spec, path, runs, rows, outcome=None) -> list[str]:
     return notes
 
 
-def report(path, spec, runs, out: Path, outcome=None) -> dict:
+def write_sweep_report(path, spec, runs, out: Path, outcome=None) -> dict:
     from tunelab.sweep.aggregate import aggregate, collect
     from tunelab.sweep.report import write_reports
 
@@ -67,7 +67,7 @@ def run_sweep(path, overrides: list[str] | None = None, *, output_dir: str | Non
     selected = select(runs, only)
     write_plan(path, spec, runs, out, overrides)
     outcome = execute(selected, parallel=parallel, threads=threads, keep=keep or spec.keep, rerun_changed=rerun_changed, isolate=isolate, log=log)
-    result = report(path, spec, runs, out, outcome)
+    result = write_sweep_report(path, spec, runs, out, outcome)
     result["outcome"] = outcome
     return result
 

@@ -91,17 +91,22 @@ def _datasets(entries: list[dict]) -> list[str]:
 
 def plot_accuracy_vs_time(cells: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
 
     datasets = _datasets(cells)
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 5), squeeze=False)
     colors = {g: plt.cm.tab10(i % 10) for i, g in enumerate(by_group(cells))}
     for ax, ds in zip(axes[0], datasets):
-        for e in (e for e in cells if e["dataset"] == ds and e["test_accuracy"]["mean"] is not None):
+        # A cell sharing its runs with another is the same point: drawn once.
+        for e in (e for e in cells if e["dataset"] == ds and e["test_accuracy"]["mean"] is not None and not e["shared_with"]):
             x, y = e["train_seconds"]["mean"], 100 * e["test_accuracy"]["mean"]
             ax.errorbar(x, y, xerr=e["train_seconds"]["std"] or 0, yerr=100 * (e["test_accuracy"]["std"] or 0), fmt="o", color=colors[e["group"]], capsize=3,
                         label=e["group"] or None)
             ax.annotate(e["variant"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel("training time (s, log scale)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"test accuracy vs training time{' — ' + ds if ds else ''}")

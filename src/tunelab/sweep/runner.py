@@ -171,7 +171,8 @@ def execute(runs: list[Run], *, parallel: int = 1, threads: int | None = None, k
             except Exception as err:  # a crashed run must not end the sweep
                 finish(run, time.perf_counter() - t0, f"{type(err).__name__}: {err}")
     else:
-        env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
+        # The loop's progress bar goes to train.log: redraw it rarely there.
+        env = {**os.environ, "TQDM_MININTERVAL": "30", "PYTHONUNBUFFERED": "1"}
         pending = list(todo)
         active: dict = {}  # Popen -> (run, start time, log file)
         try:
