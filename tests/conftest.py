@@ -22,14 +22,16 @@ SPAM_WORDS = set("win free prize cash claim urgent winner bonus offer".split())
 
 
 def build_tokenizer(folder: Path):
-    """A word-level fast tokenizer over WORDS, with pad/eos/unk/cls/sep tokens."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    """A small byte-level BPE tokenizer trained on WORDS, with pad/eos/unk tokens: the kind of
+    tokenizer real decoders ship, so every family's tokenizer class can read it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<pad>", "<eos>", "<unk>", "[CLS]", "[SEP]"]
-    vocab = {tok: i for i, tok in enumerate(specials + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>", "<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([" ".join(WORDS)] * 50 + WORDS, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
     fast.save_pretrained(str(folder))
     return fast

@@ -1,8 +1,10 @@
-"""`tunelab data inspect|clean|split`: look at, clean and split a data set before training.
+"""`tunelab data inspect|clean|split|synth|review`: prepare a data set before training.
 
     tunelab data inspect data/tickets.csv --tokenizer asset:smollm2-135m-instruct --max-length 256 --html inspect.html
     tunelab data clean data/tickets.csv --output data/clean.jsonl --lang ko --max-chars 2000
     tunelab data split data/clean.jsonl --out data/splits --validation 0.1 --test 0.2 --seed 123
+    tunelab data synth docs/ --config configs/synth/docqa-ko.yaml --output data/qa.jsonl
+    tunelab data review data/qa.jsonl            # then: tunelab data review-export data/qa.jsonl -o accepted.jsonl
 
 FILE is a CSV/TSV/JSONL/Parquet file, a folder of per-label folders, or asset:NAME. Only argparse
 is imported here; the work (numpy, transformers) is imported inside `run`.
@@ -10,7 +12,7 @@ is imported here; the work (numpy, transformers) is imported inside `run`.
 
 import argparse
 
-HELP = "inspect, clean (normalise, deduplicate, redact personal data) and split a data set"
+HELP = "inspect, clean (normalise, deduplicate, redact personal data), split, synthesize QA, review by eye"
 
 
 def _add_reader_args(p) -> None:
@@ -80,10 +82,60 @@ def configure(p) -> None:
     s.add_argument("--folds", type=int, help="k folds of the non-test rows instead of one validation split")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--near-dup-threshold", type=_threshold, default=0.7, help="Jaccard threshold for groups (default 0.7; 0: exact only)")
+    _configure_synth_review(sub)
 
 
 def run(args) -> int:
-    return {"inspect": _inspect, "clean": _clean, "split": _split}[args.data_command](args)
+    return {"inspect": _inspect, "clean": _clean, "split": _split, "synth": _synth, "review": _review,
+            "review-export": _review_export}[args.data_command](args)  # fmt: skip
+
+
+# --- synth and review ----------------------------------------------------------------------------
+
+
+def _configure_synth_review(sub) -> None:
+    y = sub.add_parser("synth", help="question/answer rows from documents, written by a local teacher LLM",
+                       description="Chunk documents (txt, md, html, docx, pdf), have a teacher write questions and "
+                                   "grounded answers, add unanswerable rows, filter, write JSONL for docqa training.")  # fmt: skip
+    y.add_argument("inputs", nargs="+", metavar="DOCS", help="document files or folders")
+    y.add_argument("--config", required=True, help="synth YAML (e.g. configs/synth/docqa-ko.yaml)")
+    y.add_argument("--output", "-o", required=True, help="QA rows (JSONL); report and dropped items are written beside it")
+    y.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. teacher.batch_size=2 (repeatable)")
+    y.add_argument("--teacher", help="asset:NAME or a model folder (local), or openai:MODEL (endpoint from TUNELAB_TEACHER_BASE_URL)")
+    y.add_argument("--allow-remote", action="store_true", help="allow sending document chunks to an OpenAI-compatible endpoint")
+    y.add_argument("--max-chunks", type=int, help="use at most this many chunks, spread over the documents (quick runs)")
+    y.add_argument("--cache", help="reply cache (SQLite; default OUTPUT stem + .synth-cache.sqlite)")
+
+    r = sub.add_parser("review", help="accept, reject and edit rows by eye in a local web page",
+                       description="Serve FILE.jsonl on 127.0.0.1 with a random token; decisions and edits go to "
+                                   "FILE.review.sqlite. The source file is never modified.")  # fmt: skip
+    r.add_argument("file", metavar="FILE.jsonl")
+    r.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: any free port)")
+    r.add_argument("--export", metavar="OUT", help="write the accepted (and edited) rows to OUT and exit")
+
+    e = sub.add_parser("review-export", help="write the accepted (and edited) rows of a review as JSONL",
+                       description="Accepted rows, with their edits, in file order, ready for training.")  # fmt: skip
+    e.add_argument("file", metavar="FILE.jsonl")
+    e.add_argument("--output", "-o", required=True, help="accepted rows (JSONL, written atomically)")
+
+
+def _synth(args) -> int:
+    from tunelab.synth.pipeline import synth_command
+
+    return synth_command(args.inputs, args.config, args.output, overrides=args.set, teacher=args.teacher,
+                         allow_remote=args.allow_remote, max_chunks=args.max_chunks, cache=args.cache)  # fmt: skip
+
+
+def _review(args) -> int:
+    from tunelab.review.server import export_command, serve_command
+
+    return export_command(args.file, args.export) if args.export else serve_command(args.file, args.port)
+
+
+def _review_export(args) -> int:
+    from tunelab.review.server import export_command
+
+    return export_command(args.file, args.output)
 
 
 # --- shared --------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ def run(args) -> int:
 
     from tunelab.predict import load_classifier, read_texts, write_jsonl_atomic
 
+    clf = load_classifier(args.run)  # a wrong run folder fails before reading any input
     texts = read_texts(args.input, args.text_column)
-    clf = load_classifier(args.run)
     rows = [{"text": t, **p} for t, p in zip(texts, clf.predict(texts, args.batch_size))]
     if args.output == "-":
         for r in rows:

@@ -39,7 +39,10 @@ class TextClassifier(nn.Module):
         """input_ids, attention_mask: (B, T). segment_ids (B, T), optional: 0 = pad, k = k-th
         sequence of the row (defaults to the attention mask: one sequence per row).
         Returns logits (num_sequences, num_labels) in float32."""
-        extra = {} if self.encoder else {"use_cache": False}  # no KV cache while classifying
+        extra = {}
+        if not self.encoder:
+            # Positions count real tokens only, so left padding does not shift them (B, T).
+            extra = {"use_cache": False, "position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0)}
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
         hidden = out.last_hidden_state  # (B, T, H)
         pooled = pool(hidden, attention_mask if segment_ids is None else segment_ids, self.pooling)  # (N, H)

@@ -100,13 +100,16 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
     accelerator, precision = make_accelerator(cfg.train)
     device = accelerator.device
 
+    folder = resolve_model(cfg.model.name)  # cheap: a missing model fails before the data is read
     splits = load_splits(cfg.data)
-    folder = resolve_model(cfg.model.name)
     model, tokenizer, info = build_classifier(cfg.model, len(splits.labels), folder, cfg.train.seed)
     max_length = cfg.data.max_length
     encoded = {}
     for name, examples in (("train", splits.train), ("validation", splits.validation), ("test", splits.test)):
         enc = encode_texts(tokenizer, [e.text for e in examples], splits.label_ids(examples), max_length)
+        empty = next((e for e, ids in zip(examples, enc.ids) if not ids), None)
+        if empty is not None:
+            raise TunelabError(f"{empty.source}: the text becomes no tokens with this model's tokenizer")
         encoded[name] = list(zip(enc.ids, enc.labels))
         splits.report.setdefault("truncated", {})[name] = enc.truncated
     lengths = sorted(len(ids) for ids, _ in encoded["train"])
@@ -126,9 +129,12 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
         scores = evaluate_items(m, encoded["validation"], eval_collate, cfg.eval.batch_size, device, splits.labels, weights)
         return {k: scores[k] for k in ("loss", "accuracy", "macro_f1")}
 
+    group = cfg.data.group_by_length if cfg.data.group_by_length != "auto" else device.type == "cpu"
+    if cfg.data.group_by_length == "auto":
+        log(f"data.group_by_length auto -> {group} ({device.type})")
     torch.manual_seed(cfg.train.seed)
     result = fit(model, encoded["train"], collate, objective, validate if encoded["validation"] else None, cfg.train, cfg.data.padding, run_dir, accelerator, resume=resume,
-                 lengths=[len(ids) for ids, _ in encoded["train"]] if cfg.data.group_by_length else None, log=log)
+                 lengths=[len(ids) for ids, _ in encoded["train"]] if group else None, log=log)
     model = accelerator.unwrap_model(model)
 
     test = evaluate_items(model, encoded["test"], eval_collate, cfg.eval.batch_size, device, splits.labels) if encoded["test"] else None

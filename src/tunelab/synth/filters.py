@@ -1,0 +1,219 @@
+"""Parse what a teacher wrote, and the checks every generated item must pass.
+
+    questions = parse_questions(reply, "ko")        # [] when nothing usable was found
+    answer = parse_answer(reply)                     # None when empty
+    support("15일", "연차는 15일이 부여됩니다.")       # 1.0: the answer is in the chunk
+
+Teachers return numbered lists, bullets, JSON (bare or in a code fence), "Q1:" labels, a
+sentence of chatter before the list, an answer glued to the question, or plain garbage. The
+parsers take what looks like a question and drop the rest; the pipeline counts replies that
+gave nothing.
+
+Checks, each a small pure function: length bounds, language (share of Hangul or Latin letters,
+`tunelab.data.normalize.script_shares`), duplicates (normalised exact and near, via
+`tunelab.data.dedup`), and support: the share of the answer's character bigrams that occur in
+the chunk. Bigrams, not words, because Korean attaches particles to words ("15일이" in the
+chunk, "15일" in the answer) and because a grounded answer quotes the chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+
+from tunelab.data.dedup import dedup_key, near_duplicates
+from tunelab.data.normalize import script_counts
+
+_FENCE = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)```", re.DOTALL)
+_ITEM = re.compile(
+    r"^\s*(?:[-*•·]\s+|\(?\d{1,2}\s*[.)\]:]\s*|[Qq]\s*\d{0,2}\s*[.:)]\s*|질문\s*\d{0,2}\s*[.:)]\s*|"
+    r"Question\s*\d{0,2}\s*[.:)]\s*)"
+)
+_KO_QUESTION_END = re.compile(r"(?:까|나요|가요|는지요|을까요|죠|지요|습니까|인가|한가|는가|니)\s*[.]?$")
+_ANSWER_PREFIX = re.compile(
+    r"^\s*(?:\[(?:answer|답변|답)\]\s*[:：]?\s*|(?:answer|답변|답|a)\s*[:：]\s*|"
+    r"(?:according to the (?:context|text|passage)|based on the (?:context|text|passage)),?\s*|"
+    r"(?:내용에 따르면|위 내용에 따르면|문서에 따르면),?\s*)",
+    re.IGNORECASE,
+)
+_STOPS = ("\n[질문]", "\n[내용]", "\n[Question]", "\n[Context]", "\nQuestion:", "\n질문:", "\nContext:")
+_QUOTES = "\"'“”‘’「」『』`"
+_NON_WORD = re.compile(r"[\W_]+")
+
+
+def _strip_markup(text: str) -> str:
+    return text.replace("**", "").replace("__", "").strip().strip(_QUOTES).strip()
+
+
+def _json_items(text: str) -> list[str] | None:
+    """Questions from a JSON reply (a list of strings or of {"question": ...}, or an object with
+    a "questions" list); None when the reply holds no JSON."""
+    starts = [i for i in (text.find("["), text.find("{")) if i >= 0]
+    if not starts:
+        return None
+    start = min(starts)
+    end = max(text.rfind("]"), text.rfind("}"))
+    try:
+        data = json.loads(text[start:end + 1])
+    except ValueError:
+        return None
+    if isinstance(data, dict):
+        data = data.get("questions", data.get("질문", [data.get("question")]))
+    if not isinstance(data, list):
+        return None
+    out = []
+    for item in data:
+        if isinstance(item, dict):
+            item = item.get("question") or item.get("질문") or item.get("q")
+        if isinstance(item, str):
+            out.append(item)
+    return out
+
+
+def looks_like_question(text: str, lang: str) -> bool:
+    """A question mark, or (Korean) an interrogative ending.
+
+    >>> looks_like_question("연차는 며칠인가요?", "ko"), looks_like_question("연차는 며칠입니까", "ko")
+    (True, True)
+    >>> looks_like_question("연차는 15일이 부여됩니다.", "ko"), looks_like_question("How long is leave", "en")
+    (False, False)
+    """
+    text = text.strip()
+    if text.endswith(("?", "？")):
+        return True
+    return lang == "ko" and bool(_KO_QUESTION_END.search(text))
+
+
+def parse_questions(reply: str, lang: str, rejected: list[str] | None = None) -> list[str]:
+    """Questions found in a teacher's reply, in order; [] when there are none. Listed items that
+    are not questions (statements, chatter) are appended to `rejected` when it is given.
+
+    >>> parse_questions("Sure! Here are questions:\\n1. How many days of leave?\\n2) Can days carry over?\\nHope it helps.", "en")
+    ['How many days of leave?', 'Can days carry over?']
+    >>> parse_questions('```json\\n["연차는 며칠인가요?", {"question": "이월은 언제까지인가요?"}]\\n```', "ko")
+    ['연차는 며칠인가요?', '이월은 언제까지인가요?']
+    >>> parse_questions("Q1: What is the deductible? A: $500.", "en")
+    ['What is the deductible?']
+    >>> parse_questions("@@@ ### lorem", "en")
+    []
+    """
+    fenced = _FENCE.findall(reply)
+    text = "\n".join(fenced) if fenced else reply
+    items = _json_items(text)
+    structured = items is not None
+    if items is None:
+        lines = [line for line in text.splitlines() if line.strip()]
+        listed = [_ITEM.sub("", line, count=1) for line in lines if _ITEM.match(line)]
+        structured = bool(listed)
+        items = listed or lines  # no list markers: every line may be a bare question
+    out = []
+    for item in items:
+        item = _strip_markup(" ".join(item.split()))
+        if "?" in item and not item.endswith("?"):  # "What is X? A: 5" -> the question part
+            item = item[: item.rindex("?") + 1]
+        if item and looks_like_question(item, lang):
+            out.append(item)
+        elif item and structured and rejected is not None:  # a listed statement; loose chatter is not counted
+            rejected.append(item)
+    return out
+
+
+def parse_answer(reply: str) -> str | None:
+    """The answer in a teacher's reply: code fences, JSON, "Answer:" labels, lead-ins such as
+    "According to the context," and anything after a new [Question] removed; None when empty.
+
+    >>> parse_answer("Answer: According to the context, within 30 days.\\n[Question]\\nnext?")
+    'within 30 days.'
+    >>> parse_answer('{"answer": "15일"}'), parse_answer("  ")
+    ('15일', None)
+    """
+    fenced = _FENCE.findall(reply)
+    text = fenced[0] if fenced else reply
+    for stop in _STOPS:
+        text = text.split(stop)[0]
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            data = json.loads(stripped)
+            if isinstance(data, dict) and isinstance(data.get("answer", data.get("답변")), str):
+                text = data.get("answer", data.get("답변"))
+        except ValueError:
+            pass
+    for _ in range(2):  # "Answer: According to the context, ..."
+        text = _ANSWER_PREFIX.sub("", text, count=1)
+    text = _strip_markup(" ".join(text.split()))
+    return text or None
+
+
+def is_refusal(answer: str, refusal: str) -> bool:
+    """The answer is the refusal, give or take punctuation and case.
+
+    >>> is_refusal("답변을 찾을 수 없습니다", "답변을 찾을 수 없습니다."), is_refusal("15일", "답변을 찾을 수 없습니다.")
+    (True, False)
+    """
+    key = _squash(refusal)
+    return bool(key) and key in _squash(answer)
+
+
+def _squash(text: str) -> str:
+    return _NON_WORD.sub("", unicodedata.normalize("NFKC", text).casefold())
+
+
+def _bigrams(text: str) -> set[str]:
+    s = _squash(text)
+    return {s[i:i + 2] for i in range(len(s) - 1)} if len(s) > 1 else {s} - {""}
+
+
+def support(answer: str, context: str) -> float:
+    """Share of the answer's character bigrams (case folded, spaces and punctuation removed) that
+    occur in the context; 1.0 for a verbatim quote.
+
+    >>> support("15일", "입사 1년 후 연차 15일이 부여됩니다.")
+    1.0
+    >>> round(support("twenty vacation days", "Staff get 15 days of leave."), 2)
+    0.18
+    """
+    grams = _bigrams(answer)
+    if not grams:
+        return 0.0
+    context_squashed = _squash(context)
+    if len(grams) == 1 and len(next(iter(grams))) == 1:  # a one-character answer
+        return float(next(iter(grams)) in context_squashed)
+    ctx = {context_squashed[i:i + 2] for i in range(len(context_squashed) - 1)}
+    return len(grams & ctx) / len(grams)
+
+
+def script_ok(text: str, lang: str, min_share: float, min_letters: int = 4) -> bool:
+    """Enough of the letters are Hangul (ko) or Latin (en); texts with fewer than `min_letters`
+    letters (numbers, codes) pass.
+
+    >>> script_ok("연차는 며칠인가요?", "ko", 0.6), script_ok("How many days?", "ko", 0.6)
+    (True, False)
+    >>> script_ok("GPU 서버 설정 방법은?", "ko", 0.6), script_ok("$500", "en", 0.6)
+    (True, True)
+    """
+    hangul, latin, other = script_counts(text)
+    letters = hangul + latin + other
+    if letters < min_letters:
+        return True
+    return (hangul if lang == "ko" else latin) / letters >= min_share
+
+
+def duplicate_reasons(texts: list[str], near_threshold: float) -> list[str | None]:
+    """For each text: None (first of its kind), 'duplicate_exact' or 'duplicate_near'.
+
+    >>> duplicate_reasons(["연차는 며칠인가요?", "연차는  며칠인가요?", "이월은 언제까지 가능한가요?"], 0.8)
+    [None, 'duplicate_exact', None]
+    """
+    reasons: list[str | None] = [None] * len(texts)
+    first: dict[str, int] = {}
+    for i, t in enumerate(texts):
+        if first.setdefault(dedup_key(t), i) != i:
+            reasons[i] = "duplicate_exact"
+    if near_threshold and len(texts) > 1:
+        groups = near_duplicates(texts, threshold=near_threshold).groups
+        for i, g in enumerate(groups):
+            if reasons[i] is None and g != i:
+                reasons[i] = "duplicate_near"
+    return reasons

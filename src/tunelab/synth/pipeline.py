@@ -1,0 +1,305 @@
+"""`tunelab data synth`: documents -> chunks -> questions -> grounded answers -> filtered QA rows.
+
+    tunelab data synth data/synth-demo --config configs/synth/docqa-ko.yaml --output runs/synth/qa.jsonl
+    tunelab data synth docs/ --config synth.yaml --output qa.jsonl --teacher openai:my-model --allow-remote
+
+Stages (each teacher stage goes through the reply cache, so a rerun resumes for free):
+1. read and chunk the documents (`documents.py`, `chunking.py`);
+2. ask the teacher for `questions.per_chunk` questions per chunk; parse; drop what is not a
+   question, too short or long, in the wrong language, or a duplicate (before paying for answers);
+3. ask for an answer to each question from its chunk only; drop unparsable answers, refusals,
+   wrong lengths or language, and answers the chunk does not support;
+4. pair a share of the kept questions with unrelated chunks (from another document where one
+   exists, with few shared character bigrams) and the refusal as the answer;
+5. write OUTPUT (JSONL, atomic), OUTPUT-stem.report.json (counts per filter, rates, timings) and
+   OUTPUT-stem.dropped.jsonl (every dropped item with its reason, for a look).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.data.io_atomic import write_json_atomic, write_jsonl_atomic
+from tunelab.errors import TunelabError
+from tunelab.synth.cache import ReplyCache, cache_key
+from tunelab.synth.chunking import Chunk, chunk_text
+from tunelab.synth.documents import find_documents, read_document
+from tunelab.synth.filters import (duplicate_reasons, is_refusal, parse_answer, parse_questions, script_ok,
+                                   support)  # fmt: skip
+from tunelab.synth.prompts import SynthConfig, answer_messages, load_synth_config, question_messages
+from tunelab.synth.teachers import build_teacher
+
+ROW_KEYS = ("question", "context", "answer", "lang", "answerable", "source", "chunk", "teacher", "prompt_version")
+
+
+@dataclass
+class Item:
+    question: str
+    chunk: Chunk
+    answer: str | None = None
+
+
+def side_paths(output: Path) -> dict[str, Path]:
+    """Files written next to OUTPUT."""
+    stem = output.name[: -len(output.suffix)] if output.suffix else output.name
+    return {"report": output.with_name(f"{stem}.report.json"), "dropped": output.with_name(f"{stem}.dropped.jsonl"),
+            "cache": output.with_name(f"{stem}.synth-cache.sqlite")}  # fmt: skip
+
+
+def interleave(per_doc: list[list[Chunk]], limit: int | None) -> list[Chunk]:
+    """All chunks, or `limit` of them taken round-robin so every document contributes (in
+    document order).
+
+    >>> a, b = [Chunk("a", i, "x") for i in range(3)], [Chunk("b", 0, "y")]
+    >>> [(c.source, c.index) for c in interleave([a, b], 3)]
+    [('a', 0), ('a', 1), ('b', 0)]
+    """
+    if limit is None:
+        return [c for chunks in per_doc for c in chunks]
+    picked: list[tuple[int, int]] = []  # (document, rank)
+    for rank in range(max((len(c) for c in per_doc), default=0)):
+        picked += [(d, rank) for d, chunks in enumerate(per_doc) if rank < len(chunks)]
+    return [per_doc[d][rank] for d, rank in sorted(picked[:limit])]
+
+
+def run_requests(teacher, requests: list[list[dict]], cache: ReplyCache, prompt_version: str, desc: str,
+                 progress: bool = True) -> tuple[list[str], int]:  # fmt: skip
+    """Replies for `requests`, from the cache or the teacher (stored as they arrive); returns
+    (replies, how many were cached)."""
+    from tqdm import tqdm
+
+    keys = [cache_key(teacher.id, prompt_version, m, teacher.params) for m in requests]
+    replies: list[str | None] = [cache.get(k) for k in keys]
+    todo = [i for i, r in enumerate(replies) if r is None]
+    hits = len(requests) - len(todo)
+    if todo and teacher.kind == "local":
+        teacher.load()  # before the bar starts, so its rate is generation only
+    bar = tqdm(total=len(requests), initial=hits, desc=desc, unit="req", disable=not progress, dynamic_ncols=True)
+
+    def done(i: int, text: str) -> None:
+        replies[i] = text
+        cache.put(keys[i], text, teacher=teacher.id, prompt_version=prompt_version)
+        bar.update(1)
+
+    try:
+        if teacher.kind == "local":
+            # prompts of similar length share a batch: less padding
+            todo.sort(key=lambda i: sum(len(m["content"]) for m in requests[i]))
+            size = teacher.cfg.batch_size
+            for start in range(0, len(todo), size):
+                idx = todo[start:start + size]
+                for i, text in zip(idx, teacher.generate([requests[i] for i in idx])):
+                    done(i, text)
+        elif todo:
+            with ThreadPoolExecutor(max_workers=teacher.cfg.concurrency) as pool:
+                futures = {pool.submit(teacher.complete, requests[i]): i for i in todo}
+                try:
+                    for fut in as_completed(futures):
+                        done(futures[fut], fut.result())
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+    finally:
+        bar.close()
+    return [r or "" for r in replies], hits
+
+
+def _row(item: Item, context: Chunk, answer: str, answerable: bool, cfg: SynthConfig, teacher_id: str) -> dict:
+    return {"question": item.question, "context": context.text, "answer": answer, "lang": cfg.lang,
+            "answerable": answerable, "source": context.source, "chunk": context.index, "teacher": teacher_id,
+            "prompt_version": cfg.prompt_version}  # fmt: skip
+
+
+def unrelated_chunk(question: str, own: Chunk, chunks: list[Chunk], rng: random.Random, max_overlap: float,
+                    tries: int = 64) -> Chunk | None:  # fmt: skip
+    """A chunk that does not answer `question`: from another document when there is one (else a
+    non-neighbouring chunk of the same one), the one sharing fewest character bigrams with the
+    question among `tries` random candidates; None if even that one shares more than
+    `max_overlap`."""
+    others = [c for c in chunks if c.source != own.source]
+    if not others:
+        others = [c for c in chunks if abs(c.index - own.index) > 1]
+    if not others:
+        return None
+    candidates = rng.sample(others, min(tries, len(others)))
+    best = min(candidates, key=lambda c: support(question, c.text))
+    return best if support(question, best.text) <= max_overlap else None
+
+
+def synthesize(inputs: list[str], cfg: SynthConfig, output: str | Path, *, allow_remote: bool = False,
+               teacher=None, cache_path: str | Path | None = None, max_chunks: int | None = None,
+               progress: bool = True, log=print) -> dict:  # fmt: skip
+    """Run the whole pipeline; returns the report (also written next to OUTPUT)."""
+    t0 = time.perf_counter()
+    output = Path(output)
+    paths = side_paths(output)
+    docs = [read_document(p) for p in find_documents(inputs)]
+    empty = [d.source for d in docs if not d.text.strip()]
+    for source in empty:
+        log(f"note: {source} has no text (a scanned PDF needs OCR first); skipped")
+    per_doc = [chunk_text(d.text, d.source, cfg.chunking.max_chars, cfg.chunking.overlap, cfg.chunking.min_chars)
+               for d in docs if d.text.strip()]  # fmt: skip
+    per_doc = [c for c in per_doc if c]
+    chunks = interleave(per_doc, max_chunks)
+    if not chunks:
+        raise TunelabError(f"{', '.join(map(str, inputs))}: no chunk of at least {cfg.chunking.min_chars} characters "
+                           "to write questions about")  # fmt: skip
+
+    teacher = teacher or build_teacher(cfg.teacher, allow_remote=allow_remote)
+    if teacher.kind != "local":
+        chars = sum(len(c.text) for c in chunks)
+        log(f"remote teacher: sending {len(chunks)} chunks ({chars:,} characters of document text, from "
+            f"{len(per_doc)} documents) to {teacher.host} ({teacher.url}, model {teacher.cfg.model}): "
+            f"{len(chunks)} question requests, then up to {len(chunks) * cfg.questions.per_chunk} answer "
+            "requests, each carrying its chunk; replies already cached are not sent again")  # fmt: skip
+    cache = ReplyCache(cache_path or paths["cache"])
+    dropped: Counter = Counter()
+    dropped_rows: list[dict] = []
+
+    def drop(reason: str, item: Item | None = None, chunk: Chunk | None = None, text: str = "", answer=None) -> None:
+        dropped[reason] += 1
+        c = item.chunk if item else chunk
+        dropped_rows.append({"reason": reason, "question": item.question if item else text, "answer": answer,
+                             "source": c.source, "chunk": c.index})  # fmt: skip
+
+    try:
+        # --- questions -------------------------------------------------------------------------
+        t1 = time.perf_counter()
+        q_replies, q_hits = run_requests(teacher, [question_messages(cfg, c.text) for c in chunks], cache,
+                                         cfg.prompt_version, "questions", progress)  # fmt: skip
+        q_seconds = time.perf_counter() - t1
+        f = cfg.filters
+        items: list[Item] = []
+        parsed = 0
+        for chunk, reply in zip(chunks, q_replies):
+            rejected: list[str] = []
+            questions = parse_questions(reply, cfg.lang, rejected)
+            parsed += len(questions) + len(rejected)
+            for text in rejected:
+                drop("not_a_question", chunk=chunk, text=text)
+            if not questions:
+                if not rejected:
+                    drop("unparsable_reply", chunk=chunk, text=reply[:300])
+                continue
+            for text in questions[cfg.questions.per_chunk:]:
+                drop("beyond_per_chunk", chunk=chunk, text=text)
+            for text in questions[: cfg.questions.per_chunk]:
+                item = Item(text, chunk)
+                if not f.min_question_chars <= len(text) <= f.max_question_chars:
+                    drop("question_length", item)
+                elif not script_ok(text, cfg.lang, f.min_script_share):
+                    drop("question_language", item)
+                else:
+                    items.append(item)
+        reasons = duplicate_reasons([it.question for it in items], f.near_dup_threshold)
+        for item, reason in zip(items, reasons):
+            if reason:
+                drop(reason, item)
+        items = [it for it, reason in zip(items, reasons) if not reason]
+
+        # --- answers ---------------------------------------------------------------------------
+        t2 = time.perf_counter()
+        a_replies, a_hits = run_requests(teacher, [answer_messages(cfg, it.chunk.text, it.question) for it in items],
+                                         cache, cfg.prompt_version, "answers", progress)  # fmt: skip
+        a_seconds = time.perf_counter() - t2
+        kept: list[Item] = []
+        for item, reply in zip(items, a_replies):
+            answer = parse_answer(reply)
+            if answer is None:
+                drop("answer_unparsable", item, answer=reply[:300])
+            elif is_refusal(answer, cfg.refusal_text):
+                drop("answer_refused", item, answer=answer)
+            elif not f.min_answer_chars <= len(answer) <= f.max_answer_chars:
+                drop("answer_length", item, answer=answer)
+            elif not script_ok(answer, cfg.lang, f.min_script_share, min_letters=8):
+                drop("answer_language", item, answer=answer)
+            elif support(answer, item.chunk.text) < f.min_support:
+                drop("answer_unsupported", item, answer=answer)
+            else:
+                item.answer = answer
+                kept.append(item)
+    finally:
+        cache.close()
+
+    # --- unanswerable -----------------------------------------------------------------------------
+    rng = random.Random(cfg.seed)
+    wanted = round(cfg.unanswerable.share * len(kept))
+    unanswerable = []
+    for item in rng.sample(kept, wanted):
+        other = unrelated_chunk(item.question, item.chunk, chunks, rng, cfg.unanswerable.max_overlap)
+        if other is None:
+            dropped["unanswerable_no_unrelated_chunk"] += 1
+            continue
+        unanswerable.append(_row(item, other, cfg.refusal_text, False, cfg, teacher.id))
+    rows = [_row(it, it.chunk, it.answer, True, cfg, teacher.id) for it in kept] + unanswerable
+
+    write_jsonl_atomic(output, rows)
+    write_jsonl_atomic(paths["dropped"], dropped_rows)
+    fresh_q, fresh_a = len(chunks) - q_hits, len(items) - a_hits
+    report = {
+        "inputs": [str(p) for p in inputs], "output": str(output), "documents": len(docs),
+        "documents_without_text": empty, "chunks": len(chunks), "teacher": teacher.id,
+        "prompt_version": cfg.prompt_version, "lang": cfg.lang,
+        "questions": {"asked": len(chunks) * cfg.questions.per_chunk, "parsed": parsed,
+                      "answered": len(items), "kept": len(kept)},
+        "dropped": dict(dropped),
+        "rows": {"answerable": len(kept), "unanswerable": len(unanswerable), "total": len(rows)},
+        "pass_rate": round(len(kept) / parsed, 4) if parsed else 0.0,
+        "teacher_requests": {"questions": len(chunks), "answers": len(items), "from_cache": q_hits + a_hits,
+                             "http": getattr(teacher, "requests", None), "retried": getattr(teacher, "retried", None),
+                             "prompts_truncated": getattr(teacher, "truncated", None)},
+        "seconds": {"questions": round(q_seconds, 2), "answers": round(a_seconds, 2),
+                    "total": round(time.perf_counter() - t0, 2)},
+        # rates over freshly generated replies only; None when everything came from the cache
+        "questions_per_minute": round(parsed / q_seconds * 60, 2) if fresh_q == len(chunks) and q_seconds else None,
+        "rows_per_minute": round(len(kept) / (q_seconds + a_seconds) * 60, 2)
+        if fresh_q == len(chunks) and fresh_a == len(items) and q_seconds + a_seconds else None,
+    }  # fmt: skip
+    write_json_atomic(paths["report"], report)
+    return report
+
+
+def render_report(report: dict) -> str:
+    """The report as a short table."""
+    q, r, t = report["questions"], report["rows"], report["teacher_requests"]
+    lines = [("documents", f"{report['documents']}"), ("chunks", f"{report['chunks']}"),
+             ("teacher", report["teacher"]), ("questions asked", f"{q['asked']}"),
+             ("questions parsed", f"{q['parsed']}")]  # fmt: skip
+    lines += [(f"dropped: {k}", f"{v}") for k, v in report["dropped"].items()]
+    lines += [("kept (answerable)", f"{r['answerable']}  ({report['pass_rate']:.0%} of parsed questions pass)"),
+              ("unanswerable (refusal)", f"{r['unanswerable']}"), ("rows written", f"{r['total']}"),
+              ("teacher requests", f"{t['questions'] + t['answers']} ({t['from_cache']} from cache"
+                                   + (f", {t['http']} HTTP, {t['retried']} retried" if t["http"] is not None else "")
+                                   + ")"),
+              ("time", f"{report['seconds']['total']:.1f} s (questions {report['seconds']['questions']:.1f} s, "
+                       f"answers {report['seconds']['answers']:.1f} s)")]  # fmt: skip
+    if report["questions_per_minute"] is not None:
+        lines.append(("questions per minute", f"{report['questions_per_minute']:.1f}"))
+    if report["rows_per_minute"] is not None:
+        lines.append(("kept rows per minute", f"{report['rows_per_minute']:.1f} (questions and answers)"))
+    width = max(len(k) for k, _ in lines)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in lines)
+
+
+def synth_command(inputs: list[str], config: str, output: str, overrides: list[str] | None = None,
+                  teacher: str | None = None, allow_remote: bool = False, max_chunks: int | None = None,
+                  cache: str | None = None) -> int:  # fmt: skip
+    """The CLI: load the config, apply --teacher, run, print the table."""
+    cfg = load_synth_config(config, overrides)
+    if teacher:
+        if teacher.startswith("openai:"):
+            cfg.teacher = cfg.teacher.model_copy(update={"kind": "openai", "model": teacher.removeprefix("openai:")})
+        else:
+            cfg.teacher = cfg.teacher.model_copy(update={"kind": "local", "model": teacher})
+    if cfg.teacher.kind == "openai" and not cfg.teacher.model:
+        raise TunelabError("--teacher openai:MODEL needs the model name after 'openai:'")
+    report = synthesize(inputs, cfg, output, allow_remote=allow_remote, cache_path=cache, max_chunks=max_chunks)
+    paths = side_paths(Path(output))
+    print(f"tunelab data synth ({cfg.lang}, {cfg.prompt_version})\n{render_report(report)}")
+    print(f"wrote {output}\nwrote {paths['report']}\nwrote {paths['dropped']}")
+    return 0
