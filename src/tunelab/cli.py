@@ -24,6 +24,9 @@ COMMANDS = {
     "train": "train",
     "eval": "evaluate",
     "predict": "predict",
+    "generate": "generate",
+    "chat": "chat",
+    "export": "export",
     "data": "data",
 }
 

@@ -2,7 +2,8 @@
 
     tunelab validate configs/spam-smollm2.yaml train.lr=1e-4
 
-A config has the sections `data`, `model`, `train` and `eval` (plus `task` and `output_dir`).
+A config has the sections `data`, `model`, `train` and `eval` (plus `task` and `output_dir`), and
+for `task: sft` an `sft` section (template, row format, loss mask, generation for evaluation).
 Every field has a type, a default and help text. Loading checks everything without touching a
 model: an unknown key, a wrong type or a value outside its vocabulary is an error that names the
 key (with its dotted path and the file) and suggests the closest valid name. Dotted overrides on
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -64,7 +65,7 @@ class ModelConfig(Section):
     name: str = Field(..., description="asset:NAME, a local Hugging Face folder, a .gguf file, or a hub id (when a hub is reachable).")
     pooling: Literal["last", "first", "mean"] = Field("last", description="Which hidden state feeds the head: last real token, first token, or mean over real tokens.")
     causal_mask: bool = Field(True, description="Decoders only: false = bidirectional attention, as an encoder.")
-    trainable: Literal["head", "last_blocks", "all", "lora"] = Field("last_blocks", description="What trains: the head only, the last N blocks (+ final norm + head), everything, or LoRA adapters (+ head).")
+    trainable: Literal["head", "last_blocks", "all", "lora"] = Field("last_blocks", description="What trains: the head only, the last N blocks (+ final norm + head), everything, or LoRA adapters (+ head). Default last_blocks for classification, lora for task sft (sft takes lora or all).")
     last_blocks: int = Field(2, ge=1, description="With trainable=last_blocks: how many of the last transformer blocks train.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (trainable=lora).")
     head_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before the linear class head.")
@@ -98,18 +99,89 @@ class EvalConfig(Section):
     batch_size: int = Field(32, ge=1, description="Batch size for validation, test and prediction.")
 
 
+TEXT_TEMPLATES = Literal["alpaca", "docqa", "docqa-ko", "docqa-en"]
+
+
+class GenerationSection(Section):
+    max_new_tokens: int = Field(128, ge=1, description="Most tokens generated per answer (generation also stops at end-of-sequence and the template's stop strings).")
+    do_sample: bool = Field(False, description="false = greedy decoding; true = sampling with temperature and top_p.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (do_sample only).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest set of tokens with this much probability (do_sample only).")
+    seed: int = Field(123, description="Seed of sampling.")
+    max_rows: Optional[int] = Field(None, ge=1, description="Generate answers for at most this many test rows (the first ones; generation is the slow part of evaluation); null = all.")
+
+
+class SftConfig(Section):
+    template: Literal["chat", "alpaca", "docqa", "docqa-ko", "docqa-en", "jinja"] = Field("chat", description="Prompt template: chat = the model's own chat template; alpaca; docqa-ko / docqa-en (document QA with a refusal answer); docqa = by each row's language; jinja = `prompt`/`response` below.")
+    prompt: Optional[str] = Field(None, description="template jinja: the user-turn Jinja text (variables: content, the row's fields such as instruction/input/question/context, system, turn).")
+    response: Optional[str] = Field(None, description="template jinja: the answer Jinja text (default '{{ content }}').")
+    system: Optional[str] = Field(None, description="System prompt used when a row has none (replaces the template's default).")
+    stop: Optional[list[str]] = Field(None, description="Strings that end a generated answer besides end-of-sequence (default: the template's own).")
+    user_template: Optional[TEXT_TEMPLATES] = Field(None, description="template chat: lay out user turns with this text template's prompt (e.g. docqa-ko inside the chat format).")
+    format: Literal["auto", "alpaca", "prompt_completion", "messages", "docqa"] = Field("auto", description="Row format: alpaca (instruction/input/output), prompt_completion, messages (chat), docqa (question/context/answer); auto = from each row's keys.")
+    train_on_prompt: bool = Field(False, description="Also train on prompt tokens (default: the loss covers answer tokens and end-of-sequence only).")
+    split_by: Optional[str] = Field(None, description="Field whose rows stay together when splitting (e.g. context: test documents are never seen in training).")
+    examples: int = Field(5, ge=0, description="Rows shown in examples.md (prompt, reference, generated).")
+    generation: GenerationSection = Field(default_factory=GenerationSection, description="Decoding for test evaluation (and the defaults of `tunelab generate` and `tunelab chat`).")
+
+    @model_validator(mode="after")
+    def _check_template_fields(self) -> "SftConfig":
+        if self.template == "jinja" and not self.prompt:
+            raise ValueError("sft.template is jinja: set sft.prompt (a Jinja string)")
+        if self.template != "jinja" and (self.prompt is not None or self.response is not None):
+            raise ValueError(f"sft.prompt / sft.response are only used with sft.template: jinja (it is {self.template})")
+        if self.user_template is not None and self.template != "chat":
+            raise ValueError(f"sft.user_template is only used with sft.template: chat (it is {self.template})")
+        return self
+
+
+# Fields that only classification reads; a task sft config may not set them to other values.
+CLASSIFICATION_ONLY = {"model": ("pooling", "causal_mask", "head_dropout"), "data": ("text_column", "label_column", "balance")}
+
+
 class RunConfig(Section):
-    task: Literal["classification"] = Field("classification", description="What the run trains.")
+    task: Literal["classification", "sft"] = Field("classification", description="What the run trains: classification (a class head) or sft (instruction fine-tuning of a causal LM).")
     output_dir: str = Field("runs/run", description="Run folder (created; an existing finished run is never overwritten without --force).")
     data: DataConfig
     model: ModelConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    sft: Optional[SftConfig] = Field(None, description="task sft: template, row format, loss mask and generation settings (defaults filled in for task sft).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        """task sft: an `sft` section with its defaults, and model.trainable lora unless given
+        (the task's documented default; the resolved value is written to the run's config.yaml)."""
+        if isinstance(data, dict) and data.get("task") == "sft":
+            data = dict(data)
+            if data.get("sft") is None:
+                data["sft"] = {}
+            if isinstance(data.get("model"), dict) and "trainable" not in data["model"]:
+                data["model"] = {**data["model"], "trainable": "lora"}
+        return data
 
     @model_validator(mode="after")
     def _check_split(self) -> "RunConfig":
         if self.data.split.validation + self.data.split.test >= 0.9:
             raise ValueError("data.split.validation + data.split.test must leave at least 10 % for training")
+        return self
+
+    @model_validator(mode="after")
+    def _check_task(self) -> "RunConfig":
+        if self.task == "classification":
+            if self.sft is not None:
+                raise ValueError("the sft section is only used with task: sft (this config has task: classification)")
+            return self
+        for section, names in CLASSIFICATION_ONLY.items():
+            part = getattr(self, section)
+            for name in names:
+                if getattr(part, name) != type(part).model_fields[name].default:
+                    raise ValueError(f"{section}.{name} is a classification setting; task sft does not use it (remove it)")
+        if self.model.trainable not in ("lora", "all"):
+            raise ValueError(f"model.trainable = {self.model.trainable!r}: task sft trains lora (default) or all")
+        if self.train.early_stopping.metric != "loss":
+            raise ValueError(f"train.early_stopping.metric = {self.train.early_stopping.metric!r}: task sft picks the best checkpoint by validation loss")
         return self
 
 
@@ -123,6 +195,8 @@ def _section_fields(model_cls: type[BaseModel], path: list[str]) -> tuple[type[B
     for key in path:
         field = cls.model_fields.get(key) if cls is not None else None
         ann = getattr(field, "annotation", None)
+        if not isinstance(ann, type):  # Optional[Section]: the section class inside
+            ann = next((a for a in get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)), None)
         cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
     return cls, (list(cls.model_fields) if cls is not None else [])
 
@@ -146,6 +220,8 @@ def _explain(err: ValidationError, source: str) -> str:
             lines.append(f"'{key}' = {e.get('input')!r} is not one of {expected}{hint}")
         elif e["type"] == "missing":
             lines.append(f"'{key}' is required")
+        elif e["type"] == "value_error" and "error" in e.get("ctx", {}):  # our checks name the keys
+            lines.append(str(e["ctx"]["error"]))
         else:
             lines.append(f"'{key}' = {e.get('input')!r}: {e['msg']}")
     return f"invalid config {source}:\n  " + "\n  ".join(lines)
@@ -221,4 +297,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
 def to_yaml(config: BaseModel) -> str:
     """The resolved config as YAML (every default filled in), for printing and for the run folder."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    data = config.model_dump(mode="json")
+    if "sft" in data and data["sft"] is None:
+        del data["sft"]  # classification configs stay as they were
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

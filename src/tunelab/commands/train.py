@@ -1,6 +1,6 @@
 """`tunelab train CONFIG [key=value ...] [--resume] [--force]`: fine-tune as configured."""
 
-HELP = "fine-tune a model as the config says (classification); resumable"
+HELP = "fine-tune a model as the config says (task: classification or sft); resumable"
 
 
 def configure(p):
@@ -14,6 +14,11 @@ def run(args) -> int:
     from tunelab.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.task == "sft":
+        from tunelab.train.sft_run import train_sft
+
+        train_sft(cfg, resume=args.resume, force=args.force)
+        return 0
     from tunelab.train.run import train_classifier
 
     train_classifier(cfg, resume=args.resume, force=args.force)

@@ -119,6 +119,8 @@ def load_exported(model_dir: Path, device: str | torch.device = "cpu") -> tuple[
     if not meta_path.is_file():
         raise TunelabError(f"{model_dir}: not a tunelab model folder (no tunelab.json)")
     meta = json.loads(meta_path.read_text())
+    if meta.get("task", "classification") != "classification":
+        raise TunelabError(f"{model_dir}: a {meta['task']} model, not a classifier; use `tunelab generate` or `tunelab chat`")
     config = AutoConfig.from_pretrained(str(model_dir))
     backbone = AutoModel.from_config(config)
     model = TextClassifier(backbone, len(meta["labels"]), meta["pooling"], meta["causal_mask"])

@@ -20,11 +20,12 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def inject_lora(backbone: nn.Module, r: int, alpha: float, dropout: float, target_modules) -> nn.Module:
-    """Wrap the backbone with PEFT LoRA adapters; returns the PeftModel (base weights frozen)."""
+def inject_lora(backbone: nn.Module, r: int, alpha: float, dropout: float, target_modules, task_type: str | None = None) -> nn.Module:
+    """Wrap the backbone with PEFT LoRA adapters; returns the PeftModel (base weights frozen).
+    task_type "CAUSAL_LM" for SFT (a PeftModelForCausalLM, recorded in adapter_config.json)."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none")
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none", task_type=task_type)
     return get_peft_model(backbone, config)
 
 

@@ -81,19 +81,36 @@ def collate(examples: list[dict], pad_id: int, multiple_of: int | None = None) -
             "num_target_tokens": count_targets(label_ids)}
 
 
+def _takes_logits_to_keep(model) -> bool:
+    """Whether the causal LM under any wrappers (DDP, PEFT) accepts `logits_to_keep`."""
+    import inspect
+
+    inner = getattr(model, "module", model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
 def sft_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy of the target tokens, and how many there are.
 
     Logits at position t are scored against the label at t+1 (the standard causal shift);
     labels of -100 (prompt, padding) are skipped. Returns (loss_sum, n_targets) as tensors;
-    loss_sum is 0 (not NaN) when a batch has no targets.
+    loss_sum is 0 (not NaN) when a batch has no targets. Only positions that predict a target
+    in some row of the batch go through the LM head (`logits_to_keep`): with a 150k-260k
+    vocabulary (Qwen, Gemma) the head over every prompt position costs more than the blocks.
     """
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    logits = out.logits[:, :-1, :]  # (B, T-1, V): position t predicts token t+1
-    targets = batch["labels"][:, 1:].to(logits.device)  # (B, T-1)
+    targets = batch["labels"][:, 1:]  # (B, T-1)
+    kwargs = {}
+    if _takes_logits_to_keep(model):
+        keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)  # (K,) positions t < T-1
+        kwargs["logits_to_keep"] = keep.to(batch["input_ids"].device)
+        targets = targets[:, keep]  # (B, K)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, **kwargs)
+    logits = out.logits if kwargs else out.logits[:, :-1, :]  # (B, K or T-1, V): predicts t+1
+    targets = targets.to(logits.device)
     loss_sum = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(),  # (B*(T-1), V), fp32 for a stable softmax
-        targets.reshape(-1),  # (B*(T-1),)
+        logits.reshape(-1, logits.shape[-1]).float(),  # (B*K, V), fp32 for a stable softmax
+        targets.reshape(-1),  # (B*K,)
         ignore_index=IGNORE,
         reduction="sum",
     )

@@ -74,16 +74,19 @@ def sentences(text: str, max_chars: int) -> list[str]:
     return out
 
 
-def _tail(pieces: list[str], overlap: int) -> list[str]:
-    """The last sentences of `pieces` that fit in `overlap` characters."""
-    tail: list[str] = []
+def _tail(pieces: list[tuple[str, str]], overlap: int) -> list[tuple[str, str]]:
+    """The last whole sentences of `pieces` ((separator, text) pairs) within `overlap` characters."""
+    sents: list[tuple[str, str]] = []
+    for sep, text in pieces:
+        parts = sentences(text, 10**9)
+        sents += [(sep if i == 0 else " ", t) for i, t in enumerate(parts)]
+    tail: list[tuple[str, str]] = []
     size = 0
-    for piece in reversed(pieces):
-        for sent in reversed(sentences(piece, 10**9)):
-            if size + len(sent) + 1 > overlap:
-                return tail
-            tail.insert(0, sent)
-            size += len(sent) + 1
+    for sep, text in reversed(sents):
+        if size + len(text) + 1 > overlap:
+            break
+        tail.insert(0, (sep, text))
+        size += len(text) + 1
     return tail
 
 
@@ -99,16 +102,19 @@ def chunk_text(text: str, source: str, max_chars: int = 1200, overlap: int = 150
     path: list[tuple[int, str]] = []  # (level, title) of the headings we are under
     heading = ""  # their titles joined with " > "
     top = ""  # the heading printed at the top of the chunk being filled
-    pieces: list[str] = []  # body of the chunk being filled
+    pieces: list[tuple[str, str]] = []  # (separator before it, text): "\n" between blocks, " " between sentences
     fresh = False  # pieces hold new text, not only the overlap carried over
 
-    def size(parts: list[str]) -> int:
-        return sum(len(p) + 1 for p in parts) + (len(top) + 1 if top else 0)
+    def size(parts: list[tuple[str, str]]) -> int:
+        return sum(len(t) + 1 for _, t in parts) + (len(top) + 1 if top else 0)
+
+    def joined(parts: list[tuple[str, str]]) -> str:
+        return "".join((sep if i else "") + t for i, (sep, t) in enumerate(parts))
 
     def emit(carry: bool) -> None:
         nonlocal pieces, fresh, top
         if fresh and pieces:
-            chunks.append(("\n".join(([top] if top else []) + pieces), top))
+            chunks.append(((top + "\n" if top else "") + joined(pieces), top))
         pieces = _tail(pieces, overlap) if carry and overlap else []
         fresh = False
         top = heading
@@ -119,16 +125,17 @@ def chunk_text(text: str, source: str, max_chars: int = 1200, overlap: int = 150
             heading = " > ".join(t for _, t in path)
             if size(pieces) >= max_chars // 2 or not fresh:
                 emit(carry=False)
-            elif size(pieces + [block]) <= max_chars:
-                pieces.append(block)  # a short section joins the chunk, its own title inline
+            elif size(pieces + [("\n", block)]) <= max_chars:
+                pieces.append(("\n", block))  # a short section joins the chunk, its own title inline
             continue
         budget = max(max_chars - (len(heading) + 2 if heading else 1), 1)
-        for piece in [block] if len(block) <= budget else sentences(block, budget):
-            if size(pieces + [piece]) > max_chars:
+        parts = [block] if len(block) <= budget else sentences(block, budget)
+        for i, piece in enumerate(parts):
+            if size(pieces + [("", piece)]) > max_chars:
                 emit(carry=True)
-                while pieces and size(pieces + [piece]) > max_chars:  # overlap + piece too long
+                while pieces and size(pieces + [("", piece)]) > max_chars:  # overlap + piece too long
                     pieces.pop(0)
-            pieces.append(piece)
+            pieces.append(("\n" if i == 0 else " ", piece))
             fresh = True
     emit(carry=False)
     kept = [(t, h) for t, h in chunks if len(t) >= min_chars]

@@ -34,6 +34,20 @@ class ClassificationObjective:
         return (ce * self._weights(batch["labels"])).sum()
 
 
+class SftObjective:
+    """Token cross-entropy on the answer tokens of a causal LM (`tunelab.sft.collate.sft_loss`);
+    `count` is the batch's target tokens, so an accumulated step is the mean over all of them."""
+
+    def count(self, batch: dict) -> float:
+        return float(batch["num_target_tokens"])
+
+    def __call__(self, model, batch: dict) -> torch.Tensor:
+        from tunelab.sft.collate import sft_loss
+
+        loss_sum, _ = sft_loss(model, batch)
+        return loss_sum
+
+
 def balanced_class_weights(label_ids: list[int], num_labels: int) -> torch.Tensor:
     """n / (C * count_c), as scikit-learn's 'balanced': rare classes weigh more.
 

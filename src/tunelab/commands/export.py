@@ -1,0 +1,35 @@
+"""`tunelab export RUN --out DIR`: a trained model as a standalone Hugging Face folder.
+
+    tunelab export runs/docqa-ko --out exported/docqa-ko
+    python -c "from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained('exported/docqa-ko')"
+
+SFT runs: LoRA already merged into the full-precision base, the run's template as the
+tokenizer's chat template, decoding settings in generation_config.json; the PEFT adapter (LoRA
+runs) in DIR/adapter. Classification runs: the model folder as trained (transformers
+`AutoModelForSequenceClassification` loads it when tunelab.json says hf_compatible).
+"""
+
+HELP = "copy a run's model out as a Hugging Face folder (SFT: merged LoRA + chat template; adapter in DIR/adapter)"
+
+
+def configure(p):
+    p.add_argument("run", help="run folder")
+    p.add_argument("--out", required=True, help="folder to write (must be empty or absent unless --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing folder")
+
+
+def run(args) -> int:
+    import json
+
+    from tunelab.sft.export import export_run
+
+    out = export_run(args.run, args.out, force=args.force)
+    meta = json.loads((out / "tunelab.json").read_text(encoding="utf-8"))
+    if meta.get("task") == "sft":
+        loads = "transformers AutoModelForCausalLM (chat template inside)"
+    elif meta.get("hf_compatible"):
+        loads = f"transformers AutoModelForSequenceClassification ({meta.get('hf_class')})"
+    else:
+        loads = "tunelab.load (this classifier's pooling/mask are not a stock transformers class)"
+    print(f"wrote {out}: loads with {loads}" + ("; PEFT adapter in adapter/" if (out / "adapter" / "adapter_config.json").is_file() else ""))
+    return 0

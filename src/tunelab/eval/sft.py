@@ -1,0 +1,96 @@
+"""SFT evaluation: token loss and perplexity of the answers, then generated answers scored.
+
+    loss = token_loss(model, examples, pad_id=tok.pad_token_id)          # {"loss", "perplexity", ...}
+    result = generate_and_score(model, tok, template, items, generation)  # scores, predictions
+    print(format_scores(result["scores"]))
+
+Loss is the mean cross-entropy per target token over the whole set (summed, then divided once,
+as in training), so it does not depend on the batch size. Generation uses the run's template and
+decoding settings; for document-QA templates the refusal precision/recall and the exact match
+on answerable questions are added (`tunelab.sft.metrics`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tunelab.sft.collate import collate, sft_loss
+from tunelab.sft.formats import split_prompt
+from tunelab.sft.metrics import examples_table, score_predictions
+from tunelab.sft.templates import REFUSAL_EN, REFUSAL_KO
+
+REFUSALS = {"docqa-ko": [REFUSAL_KO], "docqa-en": [REFUSAL_EN], "docqa": [REFUSAL_KO, REFUSAL_EN]}
+
+
+def refusal_strings(template) -> list[str] | None:
+    """The refusal answers of a document-QA template (also inside a chat template), else None.
+
+    >>> from tunelab.sft.templates import build_template
+    >>> refusal_strings(build_template("docqa-ko")), refusal_strings(build_template("alpaca"))
+    (['답변을 찾을 수 없습니다.'], None)
+    """
+    inner = getattr(template, "user_template", None) or template
+    return REFUSALS.get(getattr(inner, "name", None))
+
+
+@torch.no_grad()
+def token_loss(model, examples: list[dict], pad_id: int, batch_size: int = 8, device=None) -> dict:
+    """Mean target-token cross-entropy and perplexity over `examples` ({"input_ids", "labels"})."""
+    if not examples:
+        return {"loss": None, "perplexity": None, "n_targets": 0}
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    total, n = 0.0, 0
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = collate([examples[i] for i in order[start:start + batch_size]], pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss_sum, count = sft_loss(model, batch)
+            total, n = total + loss_sum.item(), n + int(count)
+    finally:
+        model.train(was_training)
+    loss = total / max(n, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "n_targets": n}
+
+
+def generate_and_score(model, tokenizer, template, items, generation: dict, batch_size: int = 8) -> dict:
+    """Generate an answer for each item (data.Item or messages ending with the answer), score.
+
+    Returns {"scores", "predictions", "references", "prompts"}; prompts are the last user turn's
+    plain text (for the examples table).
+    """
+    from tunelab.sft.generate import generate
+
+    conversations = [getattr(it, "messages", it) for it in items]
+    prompts, refs = zip(*(split_prompt(m) for m in conversations)) if conversations else ((), ())
+    preds = generate(model, tokenizer, template, list(prompts), max_new_tokens=generation["max_new_tokens"],
+                     do_sample=generation["do_sample"], temperature=generation["temperature"],
+                     top_p=generation["top_p"], seed=generation.get("seed"), batch_size=batch_size)
+    scores = score_predictions(preds, list(refs), refusal=refusal_strings(template))
+    return {"scores": scores, "predictions": preds, "references": list(refs),
+            "prompts": [p[-1]["content"] for p in prompts]}
+
+
+def examples_markdown(result: dict, n: int = 5, title: str = "Test examples") -> str:
+    """A markdown page: the first n (prompt, reference, generated) rows and the scores."""
+    table = examples_table(result["prompts"], result["references"], result["predictions"], n=n)
+    return f"# {title}\n\n{table}\n\n{format_scores(result['scores'])}\n"
+
+
+def format_scores(scores: dict) -> str:
+    """Scores as a short two-column table (percentages), None shown as n/a."""
+    names = ["exact_match", "token_f1", "rouge_l", "chrf", "answer_exact_match", "refusal_precision", "refusal_recall"]
+    rows = ["| metric | value |", "|---|---|"]
+    for k in names:
+        if k in scores:
+            v = scores[k]
+            rows.append(f"| {k} | {'n/a' if v is None else f'{100 * v:.1f} %'} |")
+    for k in ("loss", "perplexity"):
+        if scores.get(k) is not None:
+            rows.append(f"| {k} | {scores[k]:.4f} |")
+    rows.append(f"| rows | {scores.get('n', '')} |")
+    return "\n".join(rows)

@@ -1,0 +1,172 @@
+"""Save a fine-tuned causal LM as folders the ecosystem loads, and load them back for tunelab.
+
+    save_adapter(peft_model, tokenizer, template, run_dir / "adapter")    # PEFT, LoRA runs only
+    save_merged(model, tokenizer, template, run_dir / "model", meta=..., generation=...)
+    lm = load_sft(run_dir)                         # model/ folder: model, tokenizer, template
+    export_run(run_dir, out_dir)                   # `tunelab export`: a copy of model/ (+ adapter/)
+
+`model/` is a plain transformers folder in full precision, LoRA merged in:
+`AutoModelForCausalLM.from_pretrained(model_dir)` loads it, and its tokenizer carries the run's
+template as its chat template (`hf_chat_template`), so `tokenizer.apply_chat_template(messages,
+add_generation_prompt=True)` gives the prompt tunelab trained on. `generation_config.json` holds
+the run's decoding settings with every stop token (EOS and the template's end-of-turn token) as
+`eos_token_id`, so a plain `model.generate` stops where tunelab stops. The template is also saved
+as `sft_template.json`, with its full text, and `tunelab.json` says what produced the folder.
+
+`adapter/` is PEFT's own folder: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(
+base), adapter_dir)`, with `base` as recorded in its adapter_config.json.
+Folders are written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+from tunelab.sft.templates import TEMPLATE_FILE, hf_chat_template, load_template, save_template
+
+FORMAT_VERSION = 1
+META_FILE = "tunelab.json"
+
+
+@contextmanager
+def _publish(out_dir: Path):
+    """Yield a temporary folder; on success it replaces `out_dir` in one rename."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".tmp-{out_dir.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        trash = out_dir.with_name(f".trash-{out_dir.name}-{os.getpid()}")
+        os.replace(out_dir, trash)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+
+
+def _save_tokenizer(tokenizer, template, folder: Path) -> None:
+    """Tokenizer files with the run's template as the chat template (the object is not changed)."""
+    before = tokenizer.chat_template
+    tokenizer.chat_template = hf_chat_template(template, tokenizer)
+    try:
+        tokenizer.save_pretrained(str(folder))
+    finally:
+        tokenizer.chat_template = before
+
+
+def hf_generation_config(tokenizer, template, generation: dict):
+    """The run's decoding settings as a transformers GenerationConfig (stop strings left out:
+    generate() needs the tokenizer passed to use them; the end-of-turn token is a stop id)."""
+    from tunelab.sft.generate import generation_config, stop_token_ids
+
+    return generation_config(
+        tokenizer, stop_token_ids(template, tokenizer), max_new_tokens=generation["max_new_tokens"],
+        do_sample=generation["do_sample"], temperature=generation["temperature"], top_p=generation["top_p"],
+    )
+
+
+def save_adapter(model, tokenizer, template, out_dir: Path) -> Path:
+    """The PEFT adapter of a LoRA model, with the tokenizer and the template beside it."""
+    with _publish(out_dir) as tmp:
+        model.save_pretrained(str(tmp))
+        _save_tokenizer(tokenizer, template, tmp)
+        save_template(template, tmp / TEMPLATE_FILE)
+    return Path(out_dir)
+
+
+def save_merged(model, tokenizer, template, out_dir: Path, *, meta: dict, generation: dict) -> Path:
+    """A full-precision transformers folder of `model` (a plain causal LM: merge LoRA first)."""
+    assert not hasattr(model, "peft_config"), "merge the adapter before saving the full model"
+    config = model.generation_config
+    model.generation_config = hf_generation_config(tokenizer, template, generation)
+    try:
+        with _publish(out_dir) as tmp:
+            model.save_pretrained(str(tmp))
+            _save_tokenizer(tokenizer, template, tmp)
+            save_template(template, tmp / TEMPLATE_FILE)
+            info = {"format_version": FORMAT_VERSION, "task": "sft", "template": template.to_dict().get("name", "chat"),
+                    "generation": generation, **meta}
+            (tmp / META_FILE).write_text(json.dumps(info, indent=1, ensure_ascii=False), encoding="utf-8")
+    finally:
+        model.generation_config = config
+    return Path(out_dir)
+
+
+def merge_lora(model):
+    """The plain transformers model with LoRA folded into its weights (in place), or the model."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+def model_dir_of(run: str | Path) -> Path:
+    """The exported folder of a run: RUN/model, or RUN itself when it holds tunelab.json."""
+    run = Path(run)
+    for candidate in (run / "model", run):
+        if (candidate / META_FILE).is_file():
+            return candidate
+    if not run.exists():
+        raise TunelabError(f"run folder not found: {run}")
+    raise TunelabError(f"{run}: no trained model here (expected {run}/model/{META_FILE}); did the run finish?")
+
+
+def read_meta(run: str | Path) -> dict:
+    return json.loads((model_dir_of(run) / META_FILE).read_text(encoding="utf-8"))
+
+
+def is_sft_run(run: str | Path) -> bool:
+    return read_meta(run).get("task") == "sft"
+
+
+@dataclass
+class SftModel:
+    """A fine-tuned causal LM ready for generation: model (eval mode), tokenizer, template, meta."""
+
+    model: object
+    tokenizer: object
+    template: object
+    meta: dict
+    folder: Path
+
+
+def load_sft(run: str | Path, device: str | None = None) -> SftModel:
+    """Load RUN/model (or an exported folder) in fp32 with its saved template."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.model.backbone import load_tokenizer
+
+    folder = model_dir_of(run)
+    meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    if meta.get("task") != "sft":
+        raise TunelabError(f"{folder}: a {meta.get('task', 'classification')} model, not an SFT one; use `tunelab predict` for classifiers")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(device).eval()
+    return SftModel(model, load_tokenizer(folder), load_template(folder), meta, folder)
+
+
+def export_run(run: str | Path, out_dir: str | Path, force: bool = False) -> Path:
+    """`tunelab export`: RUN/model copied to OUT (an HF folder: merged, full precision), and
+    RUN/adapter, when the run has one, to OUT/adapter. Works for SFT and classification runs."""
+    src = model_dir_of(run)
+    out_dir = Path(out_dir)
+    if out_dir.resolve() == src.resolve():
+        raise TunelabError(f"--out {out_dir} is the run's own model folder")
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise TunelabError(f"{out_dir} exists and is not empty; pass --force to replace it")
+    adapter = src.parent / "adapter" if src.name == "model" else None
+    with _publish(out_dir) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        if adapter is not None and (adapter / "adapter_config.json").is_file() and not (tmp / "adapter").exists():
+            shutil.copytree(adapter, tmp / "adapter")
+    return out_dir
