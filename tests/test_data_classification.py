@@ -73,3 +73,12 @@ def test_stratified_split_keeps_shares_and_is_seeded():
 def test_undersample_balances():
     ex = [Example(str(i), "spam" if i < 10 else "ham", "") for i in range(100)]
     assert Counter(e.label for e in undersample(ex, 1)) == {"ham": 10, "spam": 10}
+
+
+def test_max_rows_takes_a_stratified_sample(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("text,label\n" + "".join(f"msg {i},{'a' if i % 4 else 'b'}\n" for i in range(400)))
+    splits = load_splits(DataConfig(train=str(p), max_rows=100))
+    assert splits.report["max_rows"] == 100
+    assert sum(splits.report["sizes"].values()) == 100
+    assert splits.report["class_counts"]["train"] == {"a": 52, "b": 18}

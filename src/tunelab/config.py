@@ -48,7 +48,7 @@ class DataConfig(Section):
     split: SplitConfig = Field(default_factory=SplitConfig, description="How to split `train` when no validation/test file is given.")
     balance: Literal["none", "undersample", "class_weights"] = Field("none", description="undersample: every class cut to the smallest one (before splitting, as the anchor experiments do); class_weights: weighted loss.")
     bad_rows: Literal["error", "skip"] = Field("error", description="error: stop at the first bad row naming file and line; skip: drop and count them in the report.")
-    max_rows: Optional[int] = Field(None, ge=1, description="Use at most this many rows of `train` (a stratified sample; for quick runs).")
+    max_rows: Optional[int] = Field(None, ge=1, description="Use at most this many rows of `train`, after balancing (a stratified sample; for quick runs).")
     max_length: int = Field(256, ge=8, description="Truncate texts to this many tokens (truncated rows are counted in the report).")
     group_by_length: Union[bool, Literal["auto"]] = Field("auto", description="Batch texts of similar length together (less padding; the order stays random and seeded). auto = on for CPU training, off on a GPU, where small batches are launch-bound and grouping measured slower.")
     padding: Literal["longest", "max_length", "none"] = Field("longest", description="longest: pad each batch to its longest sequence; max_length: pad to data.max_length; none: batch size 1 with gradient accumulation.")

@@ -156,14 +156,14 @@ def load_splits(data_cfg) -> Splits:
     report: dict = {"train_file": name, "rows_read": len(rows)}
     split_seed = data_cfg.split.seed
 
-    if data_cfg.max_rows and len(train) > data_cfg.max_rows:
-        keep = data_cfg.max_rows / len(train)
-        train = stratified_split(train, [1 - keep], split_seed)[1]
-        report["max_rows"] = len(train)
     if data_cfg.balance == "undersample":
         before = Counter(e.label for e in train)
         train = undersample(train, split_seed)
         report["balanced_from"] = dict(sorted(before.items()))
+    if data_cfg.max_rows and len(train) > data_cfg.max_rows:
+        keep = data_cfg.max_rows / len(train)
+        train = stratified_split(train, [keep], split_seed)[1]
+        report["max_rows"] = len(train)
 
     given = {}
     for split_name in ("validation", "test"):
