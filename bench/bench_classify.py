@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = {  # name -> (config, dataset label)
+RUNS = {  # name -> (config, dataset label), in the order they run
     "spam-smollm2": ("configs/spam-smollm2.yaml", "SMS spam, balanced"),
     "spam-minilm": ("configs/spam-minilm.yaml", "SMS spam, balanced"),
-    "spam-mpnet": ("configs/spam-mpnet.yaml", "SMS spam, balanced"),
     "bbc-mpnet": ("configs/bbc-mpnet.yaml", "BBC News, 5 topics"),
+    "spam-mpnet": ("configs/spam-mpnet.yaml", "SMS spam, balanced"),
 }
 BASELINE_DATA = {"SMS spam, balanced": "configs/spam-minilm.yaml", "BBC News, 5 topics": "configs/bbc-mpnet.yaml"}
 

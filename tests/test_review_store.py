@@ -210,3 +210,32 @@ def test_export_commands(data, tmp_path, capsys):
     assert main(["data", "review", str(data), "--export", str(out2)]) == 0
     assert out2.read_bytes() == out.read_bytes()
     assert main(["data", "review-export", str(tmp_path / "none.jsonl"), "-o", str(out2)]) == 2
+
+
+def test_review_command_prints_a_token_url_and_stops_on_ctrl_c(data):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab.cli", "data", "review", str(data), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    try:
+        lines = []
+        while not any(line.startswith("open ") for line in lines):
+            line = proc.stdout.readline()
+            assert line, f"the command ended early: {proc.stderr.read()}"
+            lines.append(line)
+        url = re.search(r"open (http://127\.0\.0\.1:\d+/\?token=[\w-]+)", "".join(lines)).group(1)
+        assert "4 rows (4 pending" in lines[0]
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with opener.open(url, timeout=10) as resp:  # follows the redirect with the cookie
+            assert resp.status == 200 and b"tunelab review" in resp.read()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0 and "0 accepted, 0 rejected, 4 pending" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()

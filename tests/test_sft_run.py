@@ -370,3 +370,29 @@ def test_validate_command_prints_the_sft_section(root, capsys):
     assert "template: docqa-ko" in out and "trainable: lora" in out and "split_by: context" in out
     assert main(["validate", str(path), "model.pooling=mean"]) == 2
     assert "model.pooling is a classification setting" in capsys.readouterr().err
+
+
+def test_export_command_copies_a_classification_run(tmp_path, spam_csv, tiny_llama, capsys):
+    from transformers import AutoModelForSequenceClassification
+
+    from tests.conftest import base_config
+    from tunelab.train.run import train_classifier
+
+    cfg = load_config(write_config(tmp_path / "c.yaml", base_config(spam_csv, tiny_llama, tmp_path / "cls", max_steps=2)))
+    train_classifier(cfg, **QUIET)
+    assert main(["export", str(tmp_path / "cls"), "--out", str(tmp_path / "out")]) == 0
+    assert "AutoModelForSequenceClassification" in capsys.readouterr().out
+    AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "out"))
+    assert main(["export", str(tmp_path / "cls"), "--out", str(tmp_path / "out")]) == 2  # no silent overwrite
+    assert "pass --force" in capsys.readouterr().err
+
+
+def test_loss_of_a_batch_without_targets_is_zero_with_a_gradient():
+    from tunelab.sft.collate import collate, sft_loss
+
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, -100, -100]}], pad_id=tok.pad_token_id)
+    loss, n = sft_loss(model, batch)
+    assert loss.item() == 0.0 and int(n) == 0
+    loss.backward()  # the loop may call backward on it

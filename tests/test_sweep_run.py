@@ -134,3 +134,50 @@ def test_a_failing_run_does_not_end_the_sweep(tmp_path, spam_csv, tiny_llama):
     assert failed.label == "broken seed 1" and "missing.csv" in msg
     assert [r.label for r in result["outcome"].ran] == ["fine seed 1"]
     assert "1 run(s) failed" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_a_run_still_trained_by_a_live_worker_is_not_started_twice(tmp_path, spam_csv, tiny_llama):
+    """A sweep killed with -9 leaves its worker running; a new sweep must not train the same folder."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from tunelab.sweep.runner import execute, write_cell_json
+    from tunelab.sweep.spec import load_sweep
+
+    path = _setup(tmp_path, spam_csv, tiny_llama, "base: base.yaml\noutput_dir: OUT\nseeds: [1]\n")
+    _, _, runs = load_sweep(path)
+    write_cell_json(runs[0])
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "tunelab.sweep.worker"])
+    while b"worker" not in Path(f"/proc/{fake.pid}/cmdline").read_bytes():  # until the child has exec'd
+        time.sleep(0.01)
+    try:
+        (runs[0].folder / "worker.pid").write_text(str(fake.pid))
+        with pytest.raises(TunelabError, match=f"being trained by another process.*pid {fake.pid}"):
+            execute(runs, isolate=False, **SILENT)
+    finally:
+        fake.kill()
+        fake.wait()
+    assert execute(runs, isolate=False, **SILENT).ran == runs  # the dead pid no longer blocks
+    assert not (runs[0].folder / "worker.pid").exists()
+
+
+def test_a_field_added_to_tunelab_is_not_a_changed_cell(tmp_path, spam_csv, tiny_llama):
+    """An old cell.json lacks fields added to the schema since; at their default that is no change."""
+    from tunelab.sweep.runner import status, write_cell_json
+    from tunelab.sweep.spec import load_sweep
+
+    path = _setup(tmp_path, spam_csv, tiny_llama, "base: base.yaml\noutput_dir: OUT\nseeds: [1]\n")
+    _, _, (run,) = load_sweep(path)
+    write_cell_json(run)
+    meta = run.folder / "cell.json"
+    stored = read_json(meta)
+    del stored["config"]["model"]["head_dropout"]  # as if written before this field existed
+    stored["config"]["train"]["some_removed_field"] = 3  # and with one tunelab no longer has
+    stored["hash"] = "0" * 16
+    meta.write_text(json.dumps(stored))
+    assert status(run) == "partial"
+    stored["config"]["train"]["lr"] = 1.0
+    meta.write_text(json.dumps(stored))
+    assert status(run) == "changed"

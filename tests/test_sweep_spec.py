@@ -54,7 +54,8 @@ groups:
   pooling:
     datasets: [spam]
     seeds: [7]
-    grid: {model.pooling: [first, mean]}
+    grid: {model.pooling: [first, mean, last]}
+    exclude: ["*-last"]
 """)
     spec, cells, runs = load_sweep(path, ["train.max_steps=5"])
     assert [c.slug for c in cells] == ["trainable--spam--head", "trainable--spam--lora-r8", "trainable--tweets--head", "trainable--tweets--lora-r8",
@@ -95,6 +96,7 @@ groups:
         ("base: nope.yaml\noutput_dir: out\n", r"sweep.yaml:1: base config not found"),
         ("base: base.yaml\noutput_dir: out\ndatasets: {spam: {}}\ngroups:\n  g: {datasets: [spma]}\n", r"unknown dataset 'spma'; did you mean 'spam'"),
         ("output_dir: out\n", r"'base' is required"),
+        ("base: base.yaml\noutput_dir: out\ngroups:\n  g: {variants: {a: {}}, exclude: [b]}\n", r"sweep.yaml:4: exclude 'b' matches no cell of group 'g'"),
     ],
 )
 def test_sweep_file_errors_name_line_and_suggest(tmp_path, text, expected):

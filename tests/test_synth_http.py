@@ -52,6 +52,7 @@ class FakeEndpoint:
         self.calls = 0
         self.requests: list[dict] = []
         self.fail_first, self.status = fail_first, status
+        self.fail_answers = False  # answer requests get HTTP 503 (an outage half way through a run)
         lock = threading.Lock()
         outer = self
 
@@ -65,9 +66,11 @@ class FakeEndpoint:
                     outer.calls += 1
                     outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
                     failing = outer.calls <= outer.fail_first
+                system, user = body["messages"][0]["content"], body["messages"][-1]["content"]
                 if failing:
                     return self._reply(outer.status, {"error": {"message": "slow down"}}, {"Retry-After": "0"})
-                system, user = body["messages"][0]["content"], body["messages"][-1]["content"]
+                if outer.fail_answers and "write questions" not in system:
+                    return self._reply(503, {"error": {"message": "down"}})
                 if "write questions" in system:
                     content = next(v for k, v in QUESTIONS.items() if k in user)
                 else:
@@ -180,16 +183,17 @@ def test_endpoint_retry_filters_and_resume(docs, endpoint, tmp_path):
 
 def test_interrupted_run_resumes_without_paying_twice(docs, endpoint, tmp_path):
     cfg = validate_synth_dict(synth_config(retries=0))
-    endpoint.fail_first, endpoint.status = 6, 503  # the 3 question requests succeed only on a rerun
+    endpoint.fail_first, endpoint.fail_answers = 0, True  # questions arrive, then the endpoint goes down
     with pytest.raises(TunelabError, match="gave up after 0 retries.*rerun to resume"):
         synthesize([str(docs)], cfg, tmp_path / "qa.jsonl", allow_remote=True, progress=False, log=lambda s: None)
-    assert endpoint.calls == 3 and not (tmp_path / "qa.jsonl").exists()
-    endpoint.fail_first = 0
-    synthesize([str(docs)], cfg, tmp_path / "qa.jsonl", allow_remote=True, progress=False, log=lambda s: None)
-    assert endpoint.calls == 3 + 3 + 5
-    endpoint.calls = 0
-    synthesize([str(docs)], cfg, tmp_path / "qa.jsonl", allow_remote=True, progress=False, log=lambda s: None)
-    assert endpoint.calls == 0
+    assert not (tmp_path / "qa.jsonl").exists()
+    first = [r for r in endpoint.requests if "write questions" in r["messages"][0]["content"]]
+    assert len(first) == 3
+    endpoint.fail_answers, endpoint.requests = False, []
+    report = synthesize([str(docs)], cfg, tmp_path / "qa.jsonl", allow_remote=True, progress=False, log=lambda s: None)
+    # the rerun asks only for the answers: the questions came from the cache
+    assert len(endpoint.requests) == 5 and all("write questions" not in r["messages"][0]["content"] for r in endpoint.requests)
+    assert report["teacher_requests"]["from_cache"] == 3 and report["rows"]["answerable"] == 3
 
 
 def test_remote_is_refused_without_allow_remote(docs, endpoint, tmp_path, capsys):

@@ -11,8 +11,8 @@ from tunelab.errors import TunelabError
 from tunelab.synth.cache import ReplyCache, cache_key
 from tunelab.synth.chunking import chunk_text
 from tunelab.synth.documents import find_documents, read_document
-from tunelab.synth.filters import (duplicate_reasons, is_refusal, parse_answer, parse_questions, script_ok,
-                                   support)  # fmt: skip
+from tunelab.synth.filters import (duplicate_reasons, is_refusal, new_in_answer, parse_answer, parse_questions,
+                                   script_ok, shared_share, support)  # fmt: skip
 from tunelab.synth.prompts import answer_messages, load_synth_config, question_messages, validate_synth_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,19 +59,27 @@ def test_readers_normalise_every_format(tmp_path):
     (tmp_path / "c.html").write_text("<html><body><h1>FAQ</h1><p>Refunds &amp; returns<script>x()</script></p></body></html>")
     (tmp_path / "d.txt").write_bytes("한국어 CP949 문서".encode("cp949"))
     _docx(tmp_path / "e.docx", [("연차 규정", "Heading1"), ("연차는 15일입니다.", None)])
-    _pdf(tmp_path / "f.pdf", "Claims are paid within 14 business days.")
     (tmp_path / ".hidden.md").write_text("skip me")
     (tmp_path / "g.csv").write_text("not a document")
 
     found = find_documents([tmp_path])
-    assert [p.name for p in found] == ["a.txt", "b.md", "c.html", "d.txt", "e.docx", "f.pdf"]
+    assert [p.name for p in found] == ["a.txt", "b.md", "c.html", "d.txt", "e.docx"]
     texts = {p.name: read_document(p).text for p in found}
     assert texts["a.txt"] == "한글 문서\n\n둘째 문단"  # NFC, BOM and zero-width space gone, blank lines collapsed
     assert texts["b.md"] == "# 제목\n\n본문입니다."
     assert "Refunds & returns" in texts["c.html"] and "x()" not in texts["c.html"] and "<" not in texts["c.html"]
     assert texts["d.txt"] == "한국어 CP949 문서"
     assert texts["e.docx"] == "# 연차 규정\n\n연차는 15일입니다.\n\n셀 내용 둘째"  # tab -> space
-    assert texts["f.pdf"] == "Claims are paid within 14 business days."
+
+
+def test_pdf_text_layer(tmp_path):
+    pytest.importorskip("pypdf", reason="pypdf==7.1.0 (requirements.txt) reads PDFs")
+    path = _pdf(tmp_path / "f.pdf", "Claims are paid within 14 business days.")
+    assert find_documents([tmp_path]) == [path]
+    assert read_document(path).text == "Claims are paid within 14 business days."
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 nothing else")
+    with pytest.raises(TunelabError, match="broken.pdf: not a readable PDF"):
+        read_document(tmp_path / "broken.pdf")
 
 
 def test_reader_errors_name_the_file(tmp_path):
@@ -160,9 +168,15 @@ def test_support_language_refusal_and_duplicates():
     assert support("다음 해 3월 31일까지", context) == 1.0
     assert support("3월 31일까지 이월할 수 있습니다", context) > 0.7  # a polite ending is fine
     assert support("연차는 20일이며 6월까지 쓸 수 있습니다", context) < 0.7  # invented
+    # judged on what the answer adds to the question; an echo adds nothing
+    q = "How long does the team take to confirm receipt?"
+    assert support("The team confirms receipt within 4 business hours", "confirms receipt within 4 business hours", q) == 1.0
+    assert support("The team takes 2 days to confirm receipt", "confirms receipt within 4 business hours", q) < 0.7
+    assert not new_in_answer("confirm receipt", q) and support("confirm receipt", "confirm receipt", q) == 0.0
     assert script_ok("연차는 며칠인가요?", "ko", 0.6) and not script_ok("How many days of leave?", "ko", 0.6)
     assert script_ok("VPN 접속 방법은 무엇인가요?", "ko", 0.6)
     assert is_refusal("The answer cannot be found", "The answer cannot be found.")
+    assert shared_share("연차는 며칠인가요?", "연차휴가는 15일이다.") > shared_share("연차는 며칠인가요?", "출장비는 12만 원이다.") == 0.0
     reasons = duplicate_reasons(["How many days of leave do staff get?", "how many days of  leave do staff get?",
                                  "How many days of paid leave do staff get?", "Where are receipts sent?"], 0.6)
     assert reasons == [None, "duplicate_exact", "duplicate_near", None]

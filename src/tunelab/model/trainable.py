@@ -7,6 +7,8 @@ pass: autograd builds the graph only from the first trainable block on.
 
 from __future__ import annotations
 
+import warnings
+
 from torch import nn
 
 from tunelab.model.backbone import final_norm, transformer_blocks
@@ -26,7 +28,9 @@ def inject_lora(backbone: nn.Module, r: int, alpha: float, dropout: float, targe
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none", task_type=task_type)
-    return get_peft_model(backbone, config)
+    with warnings.catch_warnings():  # PEFT reads a property that transformers 5 deprecates
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(backbone, config)
 
 
 def apply_trainable(model: TextClassifier, policy: str, last_blocks: int = 2, lora=None) -> dict:

@@ -116,7 +116,7 @@ def load_sft_splits(data_cfg, sft_cfg) -> SftSplits:
     seed = data_cfg.split.seed
     if data_cfg.max_rows and len(items) > data_cfg.max_rows:
         items = random.Random(seed).sample(items, data_cfg.max_rows)
-        items.sort(key=lambda it: str(it.row.get("_line")))  # the file order back (stable splits)
+        items.sort(key=lambda it: str(it.row.get("_line")))  # an order independent of the draw
         report["max_rows"] = len(items)
 
     given = {}

@@ -43,12 +43,60 @@ def status(run: Run) -> str:
     if not meta.is_file():
         return "changed"
     try:
-        stored = json.loads(meta.read_text(encoding="utf-8")).get("hash")
+        stored = json.loads(meta.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, OSError):
         return "changed"
-    if stored != run.hash:
+    if stored.get("hash") != run.hash and changed_keys(stored, run):
         return "changed"
     return "done" if (folder / "summary.json").is_file() else "partial"
+
+
+def _schema_default(key: str):
+    """Default of a dotted config key (a sentinel if it has none or is unknown)."""
+    from pydantic import BaseModel
+
+    from tunelab.config import RunConfig
+
+    cls, field = RunConfig, None
+    for part in key.split("."):
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return _NO_DEFAULT
+        cls = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+    value = field.get_default(call_default_factory=True)
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
+_NO_DEFAULT = object()
+
+
+def changed_keys(stored: dict, run: Run) -> list[str]:
+    """Dotted keys whose value differs between a stored cell.json and the run now. A key the
+    stored config lacks, whose value now is the schema default, is a field added to tunelab since
+    (not a change of the cell); a key no longer in the schema is ignored the same way."""
+    old, new = flatten(stored.get("config", {})), flatten(run.config)
+    keys = []
+    for k in dict.fromkeys([*old, *new]):
+        if k == "output_dir" or old.get(k) == new.get(k):
+            continue
+        if k not in old and new[k] == _schema_default(k):
+            continue
+        if k not in new and _schema_default(k) is _NO_DEFAULT:
+            continue
+        keys.append(k)
+    if stored.get("fingerprint", {}) != run.fingerprint:
+        keys.append("(input data)")
+    return keys
+
+
+def busy_pid(folder: Path) -> int | None:
+    """The pid of a worker process still training in `folder` (e.g. left by a killed sweep), if any."""
+    try:
+        pid = int((folder / "worker.pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if pid != os.getpid() and b"tunelab.sweep.worker" in cmdline else None
 
 
 def describe_change(run: Run) -> str:
@@ -58,9 +106,9 @@ def describe_change(run: Run) -> str:
         return "no cell.json (not a run made by a sweep)"
     stored = json.loads(meta.read_text(encoding="utf-8"))
     old, new = flatten(stored.get("config", {})), flatten(run.config)
-    keys = [k for k in dict.fromkeys([*old, *new]) if k != "output_dir" and old.get(k) != new.get(k)]
-    parts = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:3]]
-    if stored.get("fingerprint") != run.fingerprint:
+    keys = changed_keys(stored, run)
+    parts = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:3] if k != "(input data)"]
+    if "(input data)" in keys:
         parts.append("its input data changed")
     return ", ".join(parts) or "definition changed"
 
@@ -122,6 +170,11 @@ def execute(runs: list[Run], *, parallel: int = 1, threads: int | None = None, k
         raise TunelabError("parallel runs need separate processes (isolate=True)")
     check_changes(runs, rerun_changed, what)
     homes = _homes(runs)
+    busy = [(r, pid) for r in homes if (pid := busy_pid(r.folder))]
+    if busy:
+        listed = ", ".join(f"{r.label} (pid {pid})" for r, pid in busy[:3])
+        raise TunelabError(f"{len(busy)} run(s) are being trained by another process right now: {listed}; "
+                           "wait for them or stop those processes before running this again")
     states = {id(r): status(r) for r in homes}
     todo = [r for r in homes if states[id(r)] != "done"]
     out = Outcome(reused=[r for r in homes if states[id(r)] == "done"])
@@ -164,6 +217,7 @@ def execute(runs: list[Run], *, parallel: int = 1, threads: int | None = None, k
         for run in todo:
             if states[id(run)] == "new":
                 write_cell_json(run)
+            log(f"[{what}] {'resuming' if states[id(run)] == 'partial' else 'starting'} {run.label}")
             t0 = time.perf_counter()
             try:
                 run_folder(run.folder, threads, keep, log=lambda *a: None)
@@ -184,6 +238,7 @@ def execute(runs: list[Run], *, parallel: int = 1, threads: int | None = None, k
                     logf = open(run.folder / "train.log", "a", encoding="utf-8")
                     logf.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {states[id(run)]} run: {run.label}\n")
                     logf.flush()
+                    log(f"[{what}] {'resuming' if states[id(run)] == 'partial' else 'starting'} {run.label} (log: {run.folder / 'train.log'})")
                     cmd = [sys.executable, "-m", "tunelab.sweep.worker", str(run.folder), "--keep", keep, "--threads", str(threads)]
                     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
                     active[proc] = (run, time.perf_counter(), logf)

@@ -20,6 +20,7 @@ asked), each the product  datasets x variants x grid  of dotted overrides:
       pooling:
         datasets: [spam]                  # a subset of the top-level datasets (or its own mapping)
         grid: {model.pooling: [last, first, mean]}
+        exclude: [spam--pooling-last]     # globs on dataset--variant
 
 Without `groups`, `grid`/`variants`/`question` may sit at the top level (one unnamed group).
 Overrides are applied in this order: base file, top `overrides`, dataset, group `overrides`,
@@ -36,6 +37,7 @@ split per seed as well (the spread then includes the luck of the split).
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import hashlib
 import itertools
 import json
@@ -65,6 +67,7 @@ class GroupSpec(_Strict):
     datasets: Optional[Union[list[str], dict[str, Overrides]]] = Field(None, description="Names of top-level datasets, or the group's own mapping name -> overrides.")
     variants: Optional[dict[str, Overrides]] = Field(None, description="Named cells: name -> dotted overrides.")
     grid: Optional[dict[str, list[Any]]] = Field(None, description="Every combination of these values: dotted key -> list.")
+    exclude: Optional[list[str]] = Field(None, description="Cells to leave out: globs on 'dataset--variant' (e.g. 'tweets--lora-r8').")
 
 
 class SweepSpec(_Strict):
@@ -321,12 +324,18 @@ def expand(spec: SweepSpec, path: Path, lines: dict) -> list[Cell]:
                 errors.append(f"{path}:{_line(lines, gpath + ('grid', key))}: grid '{key}' has no values")
         names = _grid_names(grid)
         combos = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
+        excluded: set[str] = set()
         for dname, dover in (datasets or {"": {}}).items():
             for vname, vover in variants.items():
                 for combo in combos:
                     combo = {k: _number(v) for k, v in combo.items()}
                     gridname = "_".join(f"{names[k]}-{v}" for k, v in combo.items())
                     variant = slugify("_".join(p for p in (vname, gridname) if p)) if (vname or gridname) else "base"
+                    short = "--".join(p for p in (slugify(dname) if dname else "", variant) if p)
+                    hits = [p for p in group.exclude or [] if fnmatch.fnmatchcase(short, p)]
+                    if hits:
+                        excluded.update(hits)
+                        continue
                     klines = {**key_lines(("overrides",), spec.overrides), **key_lines(gpath + ("overrides",), group.overrides)}
                     if dname:
                         klines.update(key_lines((gpath if isinstance(group.datasets, dict) else ()) + ("datasets", dname), (group.datasets if isinstance(group.datasets, dict) else spec.datasets)[dname]))
@@ -343,6 +352,8 @@ def expand(spec: SweepSpec, path: Path, lines: dict) -> list[Cell]:
                         question=group.question,
                         lines=klines,
                     ))
+        for pattern in set(group.exclude or []) - excluded:
+            errors.append(f"{path}:{_line(lines, gpath + ('exclude',))}: exclude '{pattern}' matches no cell of group '{gname}' (cells are named dataset--variant)")
     seen: dict[str, Cell] = {}
     for c in cells:
         if c.slug in seen:

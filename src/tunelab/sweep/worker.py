@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -38,8 +39,14 @@ def run_folder(folder: str | Path, threads: int | None = None, keep: str = "metr
     cfg = validate_dict(cell["config"], source=f"in {folder / 'cell.json'}")
     if threads:
         torch.set_num_threads(threads)
-    summary = train_classifier(cfg, resume=True, log=log)
-    prune(folder, keep)
+    # Lets a runner see that this folder is being trained right now (see runner.busy_pid).
+    pid_file = folder / "worker.pid"
+    pid_file.write_text(str(os.getpid()))
+    try:
+        summary = train_classifier(cfg, resume=True, log=log)
+        prune(folder, keep)
+    finally:
+        pid_file.unlink(missing_ok=True)
     return summary
 
 

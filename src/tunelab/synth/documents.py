@@ -138,6 +138,8 @@ def _read_pdf(path: Path) -> str:
         if reader.is_encrypted:
             raise TunelabError(f"{path}: the PDF is encrypted; save an unprotected copy first")
         pages = [page.extract_text() or "" for page in reader.pages]
-    except PdfReadError as err:
-        raise TunelabError(f"{path}: not a readable PDF ({err})") from None
+    except TunelabError:
+        raise
+    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError) as err:  # broken files break pypdf in many ways
+        raise TunelabError(f"{path}: not a readable PDF ({type(err).__name__}: {err})") from None
     return "\n\n".join(p.strip() for p in pages if p.strip())  # empty for a scan: the pipeline says so

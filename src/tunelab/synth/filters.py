@@ -11,9 +11,10 @@ gave nothing.
 
 Checks, each a small pure function: length bounds, language (share of Hangul or Latin letters,
 `tunelab.data.normalize.script_shares`), duplicates (normalised exact and near, via
-`tunelab.data.dedup`), and support: the share of the answer's character bigrams that occur in
-the chunk. Bigrams, not words, because Korean attaches particles to words ("15일이" in the
-chunk, "15일" in the answer) and because a grounded answer quotes the chunk.
+`tunelab.data.dedup`), and support: the share of what the answer adds to the question that
+occurs in the chunk, as character bigrams within words. Bigrams, not words, because Korean
+attaches particles to words ("15일이" in the chunk, "15일" in the answer); what the question
+already says is left out, so "The encryption of every laptop costs $100" is judged on "$100".
 """
 
 from __future__ import annotations
@@ -160,28 +161,85 @@ def _squash(text: str) -> str:
     return _NON_WORD.sub("", unicodedata.normalize("NFKC", text).casefold())
 
 
-def _bigrams(text: str) -> set[str]:
-    s = _squash(text)
-    return {s[i:i + 2] for i in range(len(s) - 1)} if len(s) > 1 else {s} - {""}
+# polite endings that answers add and documents (written in -다) lack: not evidence either way
+_KO_ENDINGS = frozenset("니다 습니 입니 됩니 합니 십니 에요 예요 해요 세요 어요 아요".split())
 
 
-def support(answer: str, context: str) -> float:
-    """Share of the answer's character bigrams (case folded, spaces and punctuation removed) that
-    occur in the context; 1.0 for a verbatim quote.
+def word_bigrams(text: str) -> set[str]:
+    """Character bigrams within each word (NFKC, case folded); a one-character word is itself.
+
+    >>> sorted(word_bigrams("15일이 Bob"))
+    ['15', '5일', 'bo', 'ob', '일이']
+    """
+    out: set[str] = set()
+    for w in _NON_WORD.split(unicodedata.normalize("NFKC", text).casefold()):
+        out |= {w[i:i + 2] for i in range(len(w) - 1)} if len(w) > 1 else ({w} if w else set())
+    return out
+
+
+def new_in_answer(answer: str, question: str = "") -> set[str]:
+    """The answer's bigrams that the question does not already hold (polite endings left out):
+    what the answer claims. Empty when the answer only repeats the question.
+
+    >>> new_in_answer("4 business hours", "Confirmed within 4 business hours?")
+    set()
+    """
+    return word_bigrams(answer) - _KO_ENDINGS - word_bigrams(question)
+
+
+def support(answer: str, context: str, question: str = "") -> float:
+    """Share of what the answer claims (`new_in_answer`) that occurs in the context, as bigrams
+    within words; 1.0 for a quote, 0.0 when the answer adds nothing to the question.
 
     >>> support("15일", "입사 1년 후 연차 15일이 부여됩니다.")
     1.0
-    >>> round(support("twenty vacation days", "Staff get 15 days of leave."), 2)
-    0.18
+    >>> round(support("3월 31일까지 이월할 수 있습니다", "연차는 3월 31일까지 이월할 수 있다."), 2)
+    0.89
+    >>> round(support("It costs $100.", "Laptops cost $1,200 each.", "What does encryption cost?"), 2)
+    0.25
     """
-    grams = _bigrams(answer)
+    grams = new_in_answer(answer, question)
     if not grams:
         return 0.0
-    context_squashed = _squash(context)
-    if len(grams) == 1 and len(next(iter(grams))) == 1:  # a one-character answer
-        return float(next(iter(grams)) in context_squashed)
-    ctx = {context_squashed[i:i + 2] for i in range(len(context_squashed) - 1)}
-    return len(grams & ctx) / len(grams)
+    return len(grams & word_bigrams(context)) / len(grams)
+
+
+_STOP_EN = frozenset(
+    "the and for with from are was were been what which who whom whose when where why how does did can could "
+    "should would will shall may might must this that these those its than then there their they them not any "
+    "all each per into about after before under over between".split()
+)
+_HANGUL_SYLLABLE = re.compile("[\uac00-\ud7a3]")
+
+
+def content_tokens(text: str) -> set[str]:
+    """Words of 3+ characters other than common English function words, cut to 5 characters (a
+    crude stem); Hangul words as syllable bigrams (particles and endings change, stems stay).
+
+    >>> sorted(content_tokens("What is the deductible for water damage?"))
+    ['damag', 'deduc', 'water']
+    >>> sorted(content_tokens("연차는 며칠"))
+    ['며칠', '연차', '차는']
+    """
+    out: set[str] = set()
+    for w in re.findall(r"\w+", unicodedata.normalize("NFKC", text).casefold()):
+        if _HANGUL_SYLLABLE.search(w):
+            out |= {w[i:i + 2] for i in range(len(w) - 1)} or {w}
+        elif len(w) >= 3 and w not in _STOP_EN:
+            out.add(w[:5])  # a crude stem: report/reported, password/passwords
+    return out
+
+
+def shared_share(question: str, text: str) -> float:
+    """Share of the question's content tokens that occur in `text` (0 = unrelated).
+
+    >>> shared_share("What is the deductible for water damage?", "The deductible for water damage is $500.")
+    1.0
+    >>> shared_share("What is the deductible for water damage?", "Trains are booked in second class.")
+    0.0
+    """
+    q = content_tokens(question)
+    return len(q & content_tokens(text)) / len(q) if q else 0.0
 
 
 def script_ok(text: str, lang: str, min_share: float, min_letters: int = 4) -> bool:

@@ -8,9 +8,10 @@ Stages (each teacher stage goes through the reply cache, so a rerun resumes for 
 2. ask the teacher for `questions.per_chunk` questions per chunk; parse; drop what is not a
    question, too short or long, in the wrong language, or a duplicate (before paying for answers);
 3. ask for an answer to each question from its chunk only; drop unparsable answers, refusals,
-   wrong lengths or language, and answers the chunk does not support;
+   wrong lengths or language, answers that only repeat the question, and answers the chunk does
+   not support;
 4. pair a share of the kept questions with unrelated chunks (from another document where one
-   exists, with few shared character bigrams) and the refusal as the answer;
+   exists, sharing few content words with the question) and the refusal as the answer;
 5. write OUTPUT (JSONL, atomic), OUTPUT-stem.report.json (counts per filter, rates, timings) and
    OUTPUT-stem.dropped.jsonl (every dropped item with its reason, for a look).
 """
@@ -29,8 +30,8 @@ from tunelab.errors import TunelabError
 from tunelab.synth.cache import ReplyCache, cache_key
 from tunelab.synth.chunking import Chunk, chunk_text
 from tunelab.synth.documents import find_documents, read_document
-from tunelab.synth.filters import (duplicate_reasons, is_refusal, parse_answer, parse_questions, script_ok,
-                                   support)  # fmt: skip
+from tunelab.synth.filters import (duplicate_reasons, is_refusal, new_in_answer, parse_answer, parse_questions,
+                                   script_ok, shared_share, support)  # fmt: skip
 from tunelab.synth.prompts import SynthConfig, answer_messages, load_synth_config, question_messages
 from tunelab.synth.teachers import build_teacher
 
@@ -117,18 +118,15 @@ def _row(item: Item, context: Chunk, answer: str, answerable: bool, cfg: SynthCo
 
 def unrelated_chunk(question: str, own: Chunk, chunks: list[Chunk], rng: random.Random, max_overlap: float,
                     tries: int = 64) -> Chunk | None:  # fmt: skip
-    """A chunk that does not answer `question`: from another document when there is one (else a
-    non-neighbouring chunk of the same one), the one sharing fewest character bigrams with the
-    question among `tries` random candidates; None if even that one shares more than
-    `max_overlap`."""
-    others = [c for c in chunks if c.source != own.source]
-    if not others:
-        others = [c for c in chunks if abs(c.index - own.index) > 1]
+    """A chunk that does not answer `question`: from another document when there is one (else
+    another chunk of the same one), the one sharing the fewest content words with the question
+    among `tries` random candidates; None if even that one shares more than `max_overlap`."""
+    others = [c for c in chunks if c.source != own.source] or [c for c in chunks if c.index != own.index]
     if not others:
         return None
     candidates = rng.sample(others, min(tries, len(others)))
-    best = min(candidates, key=lambda c: support(question, c.text))
-    return best if support(question, best.text) <= max_overlap else None
+    best = min(candidates, key=lambda c: shared_share(question, c.text))
+    return best if shared_share(question, best.text) <= max_overlap else None
 
 
 def synthesize(inputs: list[str], cfg: SynthConfig, output: str | Path, *, allow_remote: bool = False,
@@ -175,11 +173,11 @@ def synthesize(inputs: list[str], cfg: SynthConfig, output: str | Path, *, allow
         q_seconds = time.perf_counter() - t1
         f = cfg.filters
         items: list[Item] = []
-        parsed = 0
+        parsed = 0  # questions found in the replies (listed statements are dropped as not_a_question)
         for chunk, reply in zip(chunks, q_replies):
             rejected: list[str] = []
             questions = parse_questions(reply, cfg.lang, rejected)
-            parsed += len(questions) + len(rejected)
+            parsed += len(questions)
             for text in rejected:
                 drop("not_a_question", chunk=chunk, text=text)
             if not questions:
@@ -218,7 +216,9 @@ def synthesize(inputs: list[str], cfg: SynthConfig, output: str | Path, *, allow
                 drop("answer_length", item, answer=answer)
             elif not script_ok(answer, cfg.lang, f.min_script_share, min_letters=8):
                 drop("answer_language", item, answer=answer)
-            elif support(answer, item.chunk.text) < f.min_support:
+            elif not new_in_answer(answer, item.question):
+                drop("answer_repeats_question", item, answer=answer)
+            elif support(answer, item.chunk.text, item.question) < f.min_support:
                 drop("answer_unsupported", item, answer=answer)
             else:
                 item.answer = answer
@@ -233,7 +233,7 @@ def synthesize(inputs: list[str], cfg: SynthConfig, output: str | Path, *, allow
     for item in rng.sample(kept, wanted):
         other = unrelated_chunk(item.question, item.chunk, chunks, rng, cfg.unanswerable.max_overlap)
         if other is None:
-            dropped["unanswerable_no_unrelated_chunk"] += 1
+            drop("unanswerable_no_unrelated_chunk", item)
             continue
         unanswerable.append(_row(item, other, cfg.refusal_text, False, cfg, teacher.id))
     rows = [_row(it, it.chunk, it.answer, True, cfg, teacher.id) for it in kept] + unanswerable
@@ -249,7 +249,8 @@ def synthesize(inputs: list[str], cfg: SynthConfig, output: str | Path, *, allow
                       "answered": len(items), "kept": len(kept)},
         "dropped": dict(dropped),
         "rows": {"answerable": len(kept), "unanswerable": len(unanswerable), "total": len(rows)},
-        "pass_rate": round(len(kept) / parsed, 4) if parsed else 0.0,
+        # the share of the questions asked for that became answerable rows
+        "pass_rate": round(len(kept) / (len(chunks) * cfg.questions.per_chunk), 4),
         "teacher_requests": {"questions": len(chunks), "answers": len(items), "from_cache": q_hits + a_hits,
                              "http": getattr(teacher, "requests", None), "retried": getattr(teacher, "retried", None),
                              "prompts_truncated": getattr(teacher, "truncated", None)},
@@ -269,9 +270,9 @@ def render_report(report: dict) -> str:
     q, r, t = report["questions"], report["rows"], report["teacher_requests"]
     lines = [("documents", f"{report['documents']}"), ("chunks", f"{report['chunks']}"),
              ("teacher", report["teacher"]), ("questions asked", f"{q['asked']}"),
-             ("questions parsed", f"{q['parsed']}")]  # fmt: skip
+             ("questions found", f"{q['parsed']}")]  # fmt: skip
     lines += [(f"dropped: {k}", f"{v}") for k, v in report["dropped"].items()]
-    lines += [("kept (answerable)", f"{r['answerable']}  ({report['pass_rate']:.0%} of parsed questions pass)"),
+    lines += [("kept (answerable)", f"{r['answerable']}  ({report['pass_rate']:.0%} of the questions asked)"),
               ("unanswerable (refusal)", f"{r['unanswerable']}"), ("rows written", f"{r['total']}"),
               ("teacher requests", f"{t['questions'] + t['answers']} ({t['from_cache']} from cache"
                                    + (f", {t['http']} HTTP, {t['retried']} retried" if t["http"] is not None else "")

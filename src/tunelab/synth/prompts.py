@@ -92,7 +92,7 @@ class AnswersConfig(Section):
 
 class UnanswerableConfig(Section):
     share: float = Field(0.25, ge=0.0, le=1.0, description="Unanswerable rows per kept answerable row: a kept question paired with an unrelated chunk, answered with the refusal.")
-    max_overlap: float = Field(0.35, ge=0.0, le=1.0, description="Most share of the question's character bigrams that the unrelated chunk may contain.")
+    max_overlap: float = Field(0.25, ge=0.0, le=1.0, description="Most share of the question's content words (Hangul: syllable bigrams) that the unrelated chunk may contain.")
 
 
 class FiltersConfig(Section):
@@ -101,7 +101,7 @@ class FiltersConfig(Section):
     min_answer_chars: int = Field(1, ge=1, description="Shorter answers are dropped.")
     max_answer_chars: int = Field(500, ge=1, description="Longer answers are dropped.")
     min_script_share: float = Field(0.6, ge=0.0, le=1.0, description="Least share of letters in the language's script (Hangul for ko, Latin for en) in questions, and in answers with 8 letters or more.")
-    min_support: float = Field(0.7, ge=0.0, le=1.0, description="Least share of the answer's character bigrams found in the chunk (refusals exempt).")
+    min_support: float = Field(0.7, ge=0.0, le=1.0, description="Least share of what the answer adds to the question (character bigrams within words) found in the chunk.")
     near_dup_threshold: float = Field(0.8, ge=0.0, le=1.0, description="Jaccard similarity at which two questions are near duplicates (0: exact duplicates only).")
 
 
@@ -187,7 +187,9 @@ def _render(source: str, what: str, **variables) -> str:
 
 
 def numbered(items: list[str]) -> str:
-    """>>> numbered(["a?", "b?"])
+    """The reply format the question parser reads first.
+
+    >>> numbered(["a?", "b?"])
     '1. a?\\n2. b?'
     """
     return "\n".join(f"{i}. {q}" for i, q in enumerate(items, 1))

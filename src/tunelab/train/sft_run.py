@@ -116,7 +116,8 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
 
     model, info = build_sft_model(cfg.model, folder, cfg.train.seed)
     log(f"data: {len(encoded['train'])} train / {len(encoded['validation'])} validation / {len(encoded['test'])} test rows, "
-        f"template {sft.template}, truncated {report['truncated']}, skipped {report['skipped_rows'] or 'none'}")
+        f"template {sft.template}, truncated {report['truncated']}, skipped {report['skipped_rows'] or 'none'}, "
+        f"too long (skipped) {report['too_long_skipped']}")
     log(f"model: {cfg.model.name}, trainable {info['policy']}: "
         f"{info['trainable_params']:,} of {info['total_params']:,} parameters; device {device}, {precision}")
 
