@@ -28,6 +28,8 @@ COMMANDS = {
     "chat": "chat",
     "export": "export",
     "data": "data",
+    "sweep": "sweep",
+    "cv": "cv",
 }
 
 
