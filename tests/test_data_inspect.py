@@ -41,10 +41,13 @@ def test_token_lengths_and_over_max(tmp_path):
 
     tok = build_tokenizer(tmp_path / "tok")
     rows = [{"text": "hi see you later", "_line": 1}, {"text": "ok", "_line": 2}, {"text": "free cash prize now call", "_line": 3}]
-    s = inspect_rows(rows, tokenizer=tok, max_length=3)
-    assert s["tokens"]["max"] == 5 and s["tokens"]["min"] == 1
+    counts = [len(tok(r["text"])["input_ids"]) for r in rows]
+    limit = counts[1]  # "ok" fits; the two longer texts do not
+    assert counts[0] > limit and counts[2] > limit
+    s = inspect_rows(rows, tokenizer=tok, max_length=limit)
+    assert s["tokens"]["max"] == max(counts) and s["tokens"]["min"] == min(counts)
     assert s["tokens"]["over_max"] == 2 and s["tokens"]["over_max_lines"] == [1, 3]
-    assert "over 3" in render_table(s)
+    assert f"over {limit}" in render_table(s)
 
 
 def test_table_and_html(tmp_path):
