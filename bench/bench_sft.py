@@ -1,6 +1,7 @@
 """SFT benchmark: the base model against the fine-tuned one, on the same held-out rows, on a CPU.
 
     nice -n 5 .venv/bin/python bench/bench_sft.py --part alpaca docqa --threads 1 --out runs/bench-sft
+    .venv/bin/python bench/bench_sft.py --part docqa --out runs/bench-sft --rescore   # per language, no training
 
 Parts (each a shipped config, trained in process by `train_sft`, overrides as given):
   alpaca  configs/sft-smollm2-alpaca.yaml: SmolLM2-135M-Instruct + LoRA on AlpacaEval
@@ -51,7 +52,32 @@ def score_base(cfg) -> dict:
     out.update(gen["scores"], generation_seconds=round(time.perf_counter() - started, 2))
     out["examples"] = [{"prompt": p[-300:], "reference": r, "generated": g}
                        for p, r, g in list(zip(gen["prompts"], gen["references"], gen["predictions"]))[:3]]
+    out["by_lang"] = by_lang(gen["predictions"], gen["references"], [it.row.get("lang") for it in items], template)
     return out
+
+
+def by_lang(preds: list[str], refs: list[str], langs: list, template) -> dict | None:
+    """Scores per value of the rows' `lang` field (document QA), or None without one."""
+    from tunelab.eval.sft import refusal_strings
+    from tunelab.sft.metrics import score_predictions
+
+    if not all(isinstance(x, str) for x in langs):
+        return None
+    return {lang: score_predictions([p for p, x in zip(preds, langs) if x == lang], [r for r, x in zip(refs, langs) if x == lang],
+                                    refusal=refusal_strings(template)) for lang in sorted(set(langs))}
+
+
+def tuned_by_lang(run_dir: Path, cfg) -> dict | None:
+    """The same per-language scores for the fine-tuned run, from its test_predictions.jsonl."""
+    from tunelab.sft.data import load_sft_splits
+    from tunelab.sft.templates import load_template
+
+    splits = load_sft_splits(cfg.data, cfg.sft)
+    items = splits.test[: cfg.sft.generation.max_rows] if cfg.sft.generation.max_rows else splits.test
+    rows = [json.loads(line) for line in (run_dir / "test_predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["source"] for r in rows] == [it.where for it in items], "test rows differ from the run's"
+    return by_lang([r["generated"] for r in rows], [r["reference"] for r in rows], [it.row.get("lang") for it in items],
+                   load_template(run_dir / "model"))
 
 
 def fmt(v) -> str:
@@ -65,7 +91,7 @@ def table(base: dict, tuned: dict) -> str:
     for k in METRICS:
         if k in base or k in tuned:
             b, t = base.get(k), tuned.get(k)
-            if k in ("loss", "perplexity"):
+            if k in ("loss", "perplexity") and b is not None and t is not None:
                 rows.append(f"| {k} | {b:.4f} | {t:.4f} |")
             else:
                 rows.append(f"| {k} | {fmt(b)} | {fmt(t)} |")
@@ -86,7 +112,7 @@ def run_part(part: str, config: str, out: Path, threads: int, extra: list[str]) 
     base_seconds = time.perf_counter() - started
     print(f"base model scored in {base_seconds:.0f} s: loss {base['loss']:.4f}", flush=True)
     summary = train_sft(cfg, force=True)
-    tuned = summary["test"]
+    tuned = dict(summary["test"], by_lang=tuned_by_lang(out / part, cfg))
     report = json.loads((out / part / "data_report.json").read_text())
     result = {"part": part, "config": config, "overrides": overrides, "model": cfg.model.name,
               "sizes": report["sizes"], "skipped": report["skipped_rows"], "truncated": report["truncated"],
@@ -97,6 +123,9 @@ def run_part(part: str, config: str, out: Path, threads: int, extra: list[str]) 
     (out / f"bench_sft_{part}.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))
     print(f"\n## {part}: {cfg.model.name}, {report['sizes']} rows, skipped {report['skipped_rows'] or 'none'}")
     print(table(base, tuned))
+    for lang in sorted(base.get("by_lang") or {}):
+        print(f"\n{part}, rows with lang = {lang}:")
+        print(table(base["by_lang"][lang], tuned["by_lang"][lang]))
     print(f"training: {summary['steps']} steps in {summary['train_seconds']:.0f} s on CPU ({threads} thread(s)), "
           f"{summary['train_tokens_per_second']:.0f} tokens/s, peak RSS {summary['peak_memory_mb']:.0f} MB; "
           f"generation: base {base['generation_seconds']:.0f} s, fine-tuned {tuned.get('generation_seconds', 0):.0f} s", flush=True)
@@ -109,12 +138,23 @@ def main() -> None:
     ap.add_argument("--docqa-config", default=CONFIGS["docqa"], help="e.g. configs/docqa-ko-qwen.yaml")
     ap.add_argument("--out", default="runs/bench-sft")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--rescore", action="store_true",
+                    help="train nothing: print the fine-tuned run's per-language scores from OUT/PART/test_predictions.jsonl")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="a dotted config override for every part (repeatable), e.g. --set train.max_steps=10")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for part in args.part:
+        if args.rescore:
+            from tunelab.config import load_config
+
+            config = args.docqa_config if part == "docqa" else CONFIGS[part]
+            cfg = load_config(config, [f"output_dir={out / part}", f"train.num_threads={args.threads}", *args.overrides])
+            for lang, scores in (tuned_by_lang(out / part, cfg) or {}).items():
+                print(f"\n{part} ({config}), fine-tuned, rows with lang = {lang}:")
+                print(table({}, scores).replace("| n/a |", "| - |"))
+            continue
         run_part(part, args.docqa_config if part == "docqa" else CONFIGS[part], out, args.threads, args.overrides)
 
 
