@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from tunelab.cli import main
-from tunelab.config import apply_overrides, load_config, parse_override
+from tunelab.config import apply_overrides, load_config, parse_override, validate_dict
 from tunelab.errors import TunelabError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,3 +67,21 @@ def test_cli_prints_errors_without_traceback(tmp_path, capsys):
     assert main(["validate", str(cfg), "train.epoch=null"]) == 2  # still there: overrides add, not remove
     assert main(["validate", str(_write(tmp_path, MINIMAL))]) == 0
     assert "pooling: last" in capsys.readouterr().out
+
+
+def test_classification_lr_follows_the_trainable_policy_unless_given():
+    """A head alone at the all-layers rate barely learns (the anchor's 72 % row): an unset
+    train.lr takes the rate of the policy; a given one (file or override) is kept; sft keeps 5e-5."""
+    def lr(model_extra: dict, train=None, task="classification"):
+        data = {"task": task, "data": {"train": "x.csv"}, "model": {"name": "m", **model_extra}}
+        if train is not None:
+            data["train"] = train
+        return validate_dict(data).train.lr
+
+    assert lr({}) == 1e-4  # default policy: last_blocks
+    assert [lr({"trainable": t}) for t in ("head", "last_blocks", "all", "lora")] == [1e-3, 1e-4, 5e-5, 5e-4]
+    assert lr({"trainable": "head"}, {"lr": 2e-5}) == 2e-5
+    assert lr({"trainable": "lora"}, {"epochs": 1}) == 5e-4
+    assert lr({}, task="sft") == 5e-5
+    applied = apply_overrides({"data": {"train": "x.csv"}, "model": {"name": "m", "trainable": "head"}}, ["train.lr=3e-4"])
+    assert validate_dict(applied).train.lr == 3e-4

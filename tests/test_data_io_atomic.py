@@ -37,3 +37,21 @@ def test_unwritable_values_and_folders(tmp_path):
     (tmp_path / "d").mkdir()
     with pytest.raises(TunelabError, match="is a folder"):
         write_text_atomic(tmp_path / "d", "x")
+
+
+def test_replace_dir_swaps_a_finished_folder_in_and_removes_the_old(tmp_path):
+    from tunelab.data.io_atomic import replace_dir
+
+    final = tmp_path / "model"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    tmp = tmp_path / ".tmp-model"
+    (tmp / "sub").mkdir(parents=True)
+    (tmp / "sub" / "new.txt").write_text("new")
+    replace_dir(tmp, final, durable=True)
+    assert sorted(p.name for p in final.rglob("*")) == ["new.txt", "sub"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp or trash left behind
+    fresh = tmp_path / ".tmp-2"
+    fresh.mkdir()
+    replace_dir(fresh, tmp_path / "other")  # nothing there yet
+    assert (tmp_path / "other").is_dir() and not fresh.exists()

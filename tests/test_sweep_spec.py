@@ -122,6 +122,8 @@ def test_mean_std_and_t_interval_on_a_known_example():
     lo, hi = t_interval([0.9, 0.92, 0.94])  # t(0.975, 2) = 4.302653
     assert lo == pytest.approx(0.92 - 4.302653 * 0.02 / 3 ** 0.5, abs=1e-6) and hi == pytest.approx(0.92 + 4.302653 * 0.02 / 3 ** 0.5, abs=1e-6)
     assert mean_std([0.5]) == (0.5, None) and t_interval([0.5]) is None
+    lo, hi = t_interval([0.5, 0.95, 0.97])  # 0.807 -+ 0.66 would pass 100 %: clipped to the range of an accuracy
+    assert hi == 1.0 and lo == pytest.approx(0.80667 - 4.302653 * 0.26576 / 3 ** 0.5, abs=1e-3)
     assert mean_std([]) == (None, None)
     rows = [
         {"group": "g", "dataset": "", "variant": "a", "cell": "g--a", "question": "", "seed": s, "test_accuracy": acc, "train_seconds": sec}

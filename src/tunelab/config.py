@@ -81,7 +81,7 @@ class TrainConfig(Section):
     max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     batch_size: int = Field(8, ge=1, description="Examples per optimizer step, before accumulation.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step (effective batch = batch_size x grad_accum).")
-    lr: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate. Unset in a classification config: chosen by model.trainable (head 1e-3, last_blocks 1e-4, all 5e-5, lora 5e-4; see docs/seven-questions.md); task sft: 5e-5.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (never applied to norms and biases).")
     warmup: float = Field(0.06, ge=0, description="Warmup length: a fraction of all steps if < 1, else a step count.")
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate decay after warmup.")
@@ -136,6 +136,9 @@ class SftConfig(Section):
 
 
 # Fields that only classification reads; a task sft config may not set them to other values.
+# Peak learning rate per trainable policy when a classification config gives none: the rates of
+# the seven-questions sweep (docs/seven-questions.md, Q1 and Q6 rows).
+CLASSIFICATION_LR = {"head": 1e-3, "last_blocks": 1e-4, "all": 5e-5, "lora": 5e-4}
 CLASSIFICATION_ONLY = {"model": ("pooling", "causal_mask", "head_dropout"), "data": ("text_column", "label_column", "balance")}
 
 
@@ -151,14 +154,24 @@ class RunConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _task_defaults(cls, data: Any) -> Any:
-        """task sft: an `sft` section with its defaults, and model.trainable lora unless given
-        (the task's documented default; the resolved value is written to the run's config.yaml)."""
-        if isinstance(data, dict) and data.get("task") == "sft":
-            data = dict(data)
+        """Defaults that depend on other fields; the resolved values are written to the run's
+        config.yaml. task sft: an `sft` section with its defaults, and model.trainable lora unless
+        given. task classification: train.lr by model.trainable unless given, because one rate
+        does not suit every policy (a fresh head alone needs ~20x the rate of all layers)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        model = data.get("model") if isinstance(data.get("model"), dict) else None
+        if data.get("task") == "sft":
             if data.get("sft") is None:
                 data["sft"] = {}
-            if isinstance(data.get("model"), dict) and "trainable" not in data["model"]:
-                data["model"] = {**data["model"], "trainable": "lora"}
+            if model is not None and "trainable" not in model:
+                data["model"] = {**model, "trainable": "lora"}
+        elif data.get("task", "classification") == "classification" and model is not None:
+            train = {} if data.get("train") is None else data["train"]
+            trainable = model.get("trainable", ModelConfig.model_fields["trainable"].default)
+            if isinstance(train, dict) and "lr" not in train and trainable in CLASSIFICATION_LR:
+                data["train"] = {**train, "lr": CLASSIFICATION_LR[trainable]}
         return data
 
     @model_validator(mode="after")

@@ -83,7 +83,7 @@ def read_texts(path: str, text_column: str = "text") -> list[str]:
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    from tunelab.train.checkpoint import write_text_atomic
+    from tunelab.data.io_atomic import write_text_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

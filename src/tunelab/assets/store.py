@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from tunelab.assets.catalog import Asset, get_asset
+from tunelab.data.io_atomic import replace_dir
 from tunelab.errors import TunelabError
 
 MANIFEST = "ASSET.json"
@@ -329,13 +330,7 @@ def publish(tmp: Path, final: Path) -> None:
     # mkdtemp (and safetensors' writer) make things private; the cache is an ordinary folder
     for p in [tmp, *tmp.rglob("*")]:
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
-    if final.exists():
-        old = final.with_name(f"{_temp_prefix(final.name)}old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    replace_dir(tmp, final, trash=final.with_name(f"{_temp_prefix(final.name)}old-{os.getpid()}"))
 
 
 def _temp_prefix(name: str) -> str:

@@ -38,7 +38,7 @@ def eval_sft(args) -> int:
     from tunelab.eval.sft import format_scores, generate_and_score, token_loss
     from tunelab.sft.data import encode_split, read_sft_rows, to_items
     from tunelab.sft.export import load_sft
-    from tunelab.train.checkpoint import write_text_atomic
+    from tunelab.data.io_atomic import write_text_atomic
 
     lm = load_sft(args.run)
     rows, name = read_sft_rows(args.data, DataConfig(train=args.data))
@@ -73,7 +73,7 @@ def eval_classifier(args) -> int:
     from tunelab.data.classification import drop_unseen_labels, extract_examples, read_source
     from tunelab.eval.classification import evaluate_items, format_report
     from tunelab.predict import load_classifier, write_jsonl_atomic  # noqa: F401
-    from tunelab.train.checkpoint import write_text_atomic
+    from tunelab.data.io_atomic import write_text_atomic
     from collections import Counter
 
     clf = load_classifier(args.run)

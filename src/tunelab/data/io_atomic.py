@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -107,3 +108,31 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Write one indented JSON document atomically."""
     text = json.dumps(obj, ensure_ascii=False, indent=2, default=_json_default) + "\n"
     return write_text_atomic(path, text)
+
+
+def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike, *, durable: bool = False,
+                trash: str | os.PathLike | None = None) -> Path:
+    """Put the finished folder `tmp` where `final` is, replacing the folder there if any.
+
+    Each of the two renames is atomic, so a reader finds the old folder, nothing, or the new
+    folder, never a half-written one; the old folder is deleted last. `durable` also fsyncs the
+    files and the renames (checkpoints must survive a power cut, not only a crash). `tmp` must be
+    in the same folder as `final` (same file system). `trash` names where the old folder waits.
+    """
+    tmp, final = Path(tmp), Path(final)
+    if durable:
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+    if final.exists():
+        old = Path(trash) if trash is not None else final.with_name(f".trash-{final.name}-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    if durable:
+        _fsync_dir(final.parent)
+    return final

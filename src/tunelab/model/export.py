@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from tunelab.data.io_atomic import replace_dir
 from tunelab.errors import TunelabError
 from tunelab.model.classifier import TextClassifier
 
@@ -100,13 +101,7 @@ def export_classifier(model: TextClassifier, tokenizer, labels: list[str], out_d
         **(extra or {}),
     }
     (tmp / "tunelab.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
-    if out_dir.exists():
-        trash = out_dir.with_name(f".trash-{out_dir.name}-{os.getpid()}")
-        os.replace(out_dir, trash)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
+    replace_dir(tmp, out_dir)
     return meta
 
 

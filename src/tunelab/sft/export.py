@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunelab.data.io_atomic import replace_dir
 from tunelab.errors import TunelabError
 from tunelab.sft.templates import TEMPLATE_FILE, hf_chat_template, load_template, save_template
 
@@ -47,13 +48,7 @@ def _publish(out_dir: Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out_dir.exists():
-        trash = out_dir.with_name(f".trash-{out_dir.name}-{os.getpid()}")
-        os.replace(out_dir, trash)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
+    replace_dir(tmp, out_dir)
 
 
 def _save_tokenizer(tokenizer, template, folder: Path) -> None:

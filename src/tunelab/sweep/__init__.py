@@ -42,7 +42,7 @@ def write_sweep_report(path, spec, runs, out: Path, outcome=None) -> dict:
 
 
 def write_plan(path, spec, runs, out: Path, cli_overrides) -> None:
-    from tunelab.train.checkpoint import write_text_atomic
+    from tunelab.data.io_atomic import write_text_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     cells = {}

@@ -56,12 +56,16 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return round(mean, 10), round(math.sqrt(var), 10)
 
 
-def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
-    """Student-t confidence interval of the mean; None with fewer than two values.
+def t_interval(values: list[float], confidence: float = 0.95,
+               bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float] | None:
+    """Student-t confidence interval of the mean, clipped to `bounds` (an accuracy cannot leave
+    [0, 1], however wide three seeds make the interval); None with fewer than two values.
 
     >>> lo, hi = t_interval([0.9, 0.92, 0.94])
     >>> round(lo, 4), round(hi, 4)     # 0.92 -+ 4.3027 * 0.02 / sqrt(3)
     (0.8703, 0.9697)
+    >>> t_interval([0.5, 0.95, 0.97])[1]   # one collapsed seed: the upper end stops at 1
+    1.0
     """
     vals = [float(v) for v in values if v is not None]
     if len(vals) < 2:
@@ -70,7 +74,7 @@ def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, fl
 
     mean, std = mean_std(vals)
     half = float(t.ppf(0.5 + confidence / 2, len(vals) - 1)) * std / math.sqrt(len(vals))
-    return mean - half, mean + half
+    return max(bounds[0], mean - half), min(bounds[1], mean + half)
 
 
 def aggregate(rows: list[dict]) -> list[dict]:

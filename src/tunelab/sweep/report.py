@@ -100,7 +100,9 @@ def plot_accuracy_vs_time(cells: list[dict], path: Path) -> None:
         # A cell sharing its runs with another is the same point: drawn once.
         for e in (e for e in cells if e["dataset"] == ds and e["test_accuracy"]["mean"] is not None and not e["shared_with"]):
             x, y = e["train_seconds"]["mean"], 100 * e["test_accuracy"]["mean"]
-            ax.errorbar(x, y, xerr=e["train_seconds"]["std"] or 0, yerr=100 * (e["test_accuracy"]["std"] or 0), fmt="o", color=colors[e["group"]], capsize=3,
+            spread = 100 * (e["test_accuracy"]["std"] or 0)
+            yerr = [[min(spread, y)], [min(spread, 100 - y)]]  # mean ± std, kept inside 0-100 %
+            ax.errorbar(x, y, xerr=e["train_seconds"]["std"] or 0, yerr=yerr, fmt="o", color=colors[e["group"]], capsize=3,
                         label=e["group"] or None)
             ax.annotate(e["variant"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xscale("log")
@@ -233,7 +235,7 @@ def html_report(cells: list[dict], plots: list[tuple[str, Path]], title: str, no
 
 def write_reports(rows: list[dict], cells: list[dict], folder: Path, title: str, notes: list[str]) -> dict[str, Path]:
     """Write results.csv, results.md, report.html and plots/ into `folder`; return their paths."""
-    from tunelab.train.checkpoint import write_text_atomic
+    from tunelab.data.io_atomic import write_text_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"csv": folder / "results.csv", "md": folder / "results.md", "html": folder / "report.html"}

@@ -114,7 +114,7 @@ def describe_change(run: Run) -> str:
 
 
 def write_cell_json(run: Run) -> None:
-    from tunelab.train.checkpoint import write_text_atomic
+    from tunelab.data.io_atomic import write_text_atomic
 
     cell = run.cell
     body = {

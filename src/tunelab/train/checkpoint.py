@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from tunelab.data.io_atomic import replace_dir, write_text_atomic
 from tunelab.errors import TunelabError
 
 
@@ -37,40 +38,6 @@ def load_trainable_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor
     with torch.no_grad():
         for name, t in tensors.items():
             params[name].copy_(t.to(params[name].device, params[name].dtype))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file via a temporary file + fsync + rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _publish_dir(tmp: Path, final: Path) -> None:
-    """Move a completed temporary folder into place, replacing an older one."""
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp)
-    if final.exists():
-        trash = final.with_name(f".trash-{final.name}-{os.getpid()}")
-        os.replace(final, trash)
-        os.replace(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    _fsync_dir(final.parent)
 
 
 def rng_state() -> dict:
@@ -98,7 +65,7 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, counters
     save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "optim.pt")
     (tmp / "state.json").write_text(json.dumps(counters, indent=1))
-    _publish_dir(tmp, root / name)
+    replace_dir(tmp, root / name, durable=True)
     write_text_atomic(root / "latest", name + "\n")
     old = sorted(p for p in root.glob("step-*") if p.name != name)
     for p in old[: max(0, len(old) - (keep - 1))]:
@@ -130,7 +97,7 @@ def save_best(root: Path, model, info: dict) -> None:
     tmp.mkdir(parents=True)
     save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
     (tmp / "info.json").write_text(json.dumps(info, indent=1))
-    _publish_dir(tmp, root / "best")
+    replace_dir(tmp, root / "best", durable=True)
 
 
 def load_best(root: Path, model) -> dict | None:

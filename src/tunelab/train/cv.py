@@ -140,7 +140,7 @@ def cross_validate(cfg: RunConfig, folds: int, out_dir: str | Path | None = None
     from tunelab.sweep.aggregate import SPLIT_METRICS, collect, mean_std
     from tunelab.sweep.report import write_csv
     from tunelab.sweep.runner import check_changes, execute
-    from tunelab.train.checkpoint import write_text_atomic
+    from tunelab.data.io_atomic import write_text_atomic
 
     out = Path(out_dir or f"{cfg.output_dir}-cv{folds}")
     seed = cfg.data.split.seed if seed is None else seed

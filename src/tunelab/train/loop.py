@@ -23,8 +23,13 @@ from typing import Callable, Protocol
 
 import torch
 
+from tunelab.errors import TunelabError
 from tunelab.train import checkpoint as ckpt
 from tunelab.train.optim import make_optimizer, make_scheduler, warmup_steps
+
+# A step whose loss or gradients are nan/inf is skipped (as a loss scaler would); this many in a
+# row means the run diverged (a too-high learning rate, or an overflow in low precision): stop.
+MAX_NONFINITE_STEPS = 5
 
 
 class Objective(Protocol):
@@ -141,6 +146,7 @@ def fit(
     bar = tqdm(total=plan.total_steps, initial=counters["step"], desc="train", unit="step", disable=not accelerator.is_main_process, dynamic_ncols=True)
     started = time.perf_counter() - counters["train_seconds"]
     running = []
+    nonfinite_run = 0  # consecutive steps whose loss or gradients were nan/inf
     cached_epoch: list = [None, None]  # (epoch, its steps): computed once per epoch
     model.train()
     while counters["step"] < plan.total_steps and not counters["stopped_early"]:
@@ -162,9 +168,20 @@ def fit(
                 # DDP averages gradients over processes; multiply by world to get a global mean.
                 accelerator.backward(loss_sum * world / max(total_targets, 1e-9))
             step_loss += loss_sum.item()
-        if train_cfg.max_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
-        optimizer.step()
+        # The gradient norm (clipping at infinity leaves the gradients as they are) tells whether
+        # this update is finite; a non-finite one is skipped so it cannot poison the weights.
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm or math.inf)
+        if math.isfinite(step_loss) and math.isfinite(float(grad_norm)):
+            optimizer.step()
+            nonfinite_run = 0
+        else:
+            nonfinite_run += 1
+            bar.write(f"step {step + 1}: loss {step_loss:.4g}, gradient norm {float(grad_norm):.4g}: not finite, update skipped")
+            if nonfinite_run >= MAX_NONFINITE_STEPS:
+                raise TunelabError(
+                    f"training diverged: loss or gradients were not finite (nan/inf) for {nonfinite_run} steps in a row, "
+                    f"up to step {step + 1}. Lower train.lr (now {train_cfg.lr:g}) or set train.precision=fp32; "
+                    f"checkpoints written so far are in {ckpt_root}.")
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         counters["step"] = step + 1

@@ -25,7 +25,7 @@ import torch
 
 from tunelab.config import RunConfig, to_yaml
 from tunelab.errors import TunelabError
-from tunelab.train.checkpoint import write_text_atomic
+from tunelab.data.io_atomic import write_text_atomic
 
 
 def make_accelerator(train_cfg):
@@ -76,6 +76,28 @@ def build_classifier(model_cfg, num_labels: int, folder: Path, seed: int):
     model = TextClassifier(backbone, num_labels, model_cfg.pooling, model_cfg.causal_mask, model_cfg.head_dropout)
     info = apply_trainable(model, model_cfg.trainable, model_cfg.last_blocks, model_cfg.lora)
     return model, tokenizer, info
+
+
+def run_facts(cfg, result, n_train_tokens: int, n_train: int, started: float, device, precision: str) -> dict:
+    """The summary fields every task shares: steps, times, throughput, memory and where it ran.
+    Tokens per second counts the real (non-pad) tokens of the epochs actually trained."""
+    from tunelab.train.loop import plan_steps
+
+    epochs_done = result.steps / plan_steps(n_train, cfg.train, cfg.data.padding).steps_per_epoch
+    return {
+        "steps": result.steps,
+        "stopped_early": result.stopped_early,
+        "best_step": (result.best or {}).get("step"),
+        "train_seconds": round(result.train_seconds, 2),
+        "total_seconds": round(time.perf_counter() - started, 2),
+        "train_tokens_per_second": round(n_train_tokens * epochs_done / max(result.train_seconds, 1e-9), 1),
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
+        "device": str(device),
+        "precision": precision,
+        "host": platform.node(),
+        "torch_threads": torch.get_num_threads(),
+        "pid": os.getpid(),
+    }
 
 
 def peak_memory_mb(device) -> float:
@@ -144,30 +166,17 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
         write_text_atomic(run_dir / "test_metrics.json", json.dumps(test, indent=1, ensure_ascii=False))
         write_text_atomic(run_dir / "test_report.txt", format_report(test) + "\n")
 
-    n_tokens = sum(len(ids) for ids, _ in encoded["train"])
-    epochs_done = result.steps / plan_steps(len(encoded["train"]), cfg.train, cfg.data.padding).steps_per_epoch
     summary = {
         "task": "classification",
         "model": cfg.model.name,
         "labels": splits.labels,
         "trainable_params": info["trainable_params"],
         "total_params": info["total_params"],
-        "steps": result.steps,
-        "stopped_early": result.stopped_early,
-        "best_step": (result.best or {}).get("step"),
-        "train_seconds": round(result.train_seconds, 2),
-        "total_seconds": round(time.perf_counter() - started, 2),
-        "train_tokens_per_second": round(n_tokens * epochs_done / max(result.train_seconds, 1e-9), 1),
-        "peak_memory_mb": round(peak_memory_mb(device), 1),
-        "device": str(device),
-        "precision": precision,
+        **run_facts(cfg, result, sum(len(ids) for ids, _ in encoded["train"]), len(encoded["train"]), started, device, precision),
         "train": {k: train_scores[k] for k in ("loss", "accuracy", "macro_f1")},
         "validation": {k: result.best[k] for k in ("loss", "accuracy", "macro_f1")} if result.best else None,
         "test": {k: test[k] for k in ("loss", "accuracy", "macro_f1")} if test else None,
         "hf_compatible": meta["hf_compatible"],
-        "host": platform.node(),
-        "torch_threads": torch.get_num_threads(),
-        "pid": os.getpid(),
     }
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False))
     if test is not None:

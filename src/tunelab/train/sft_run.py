@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import platform
 import time
 from collections import Counter
 
 import torch
 
 from tunelab.config import RunConfig
-from tunelab.train.checkpoint import write_text_atomic
-from tunelab.train.run import make_accelerator, peak_memory_mb, prepare_run_dir
+from tunelab.data.io_atomic import write_text_atomic
+from tunelab.train.run import make_accelerator, prepare_run_dir, run_facts
 
 
 def build_sft_template(sft_cfg, tokenizer):
@@ -79,7 +77,7 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
     from tunelab.sft.data import encode_split, load_sft_splits
     from tunelab.sft.export import merge_lora, save_adapter, save_merged
     from tunelab.sft.templates import TEMPLATE_FILE, save_template
-    from tunelab.train.loop import fit, plan_steps
+    from tunelab.train.loop import fit
     from tunelab.train.objectives import SftObjective
 
     assert cfg.task == "sft" and cfg.sft is not None
@@ -162,8 +160,6 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
         write_text_atomic(run_dir / "examples.md", examples_markdown({**gen, "scores": test}, n=sft.examples,
                                                                        title=f"Test examples ({cfg.model.name}, {sft.template})"))
 
-    n_tokens = report["train_tokens"]["total"]
-    epochs_done = result.steps / plan_steps(len(encoded["train"]), cfg.train, cfg.data.padding).steps_per_epoch
     summary = {
         "task": "sft",
         "model": cfg.model.name,
@@ -171,21 +167,10 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
         "trainable": info["policy"],
         "trainable_params": info["trainable_params"],
         "total_params": info["total_params"],
-        "steps": result.steps,
-        "stopped_early": result.stopped_early,
-        "best_step": (result.best or {}).get("step"),
-        "train_seconds": round(result.train_seconds, 2),
-        "total_seconds": round(time.perf_counter() - started, 2),
-        "train_tokens_per_second": round(n_tokens * epochs_done / max(result.train_seconds, 1e-9), 1),
-        "peak_memory_mb": round(peak_memory_mb(device), 1),
-        "device": str(device),
-        "precision": precision,
+        **run_facts(cfg, result, report["train_tokens"]["total"], len(encoded["train"]), started, device, precision),
         "train": {"loss": train_loss["loss"], "perplexity": train_loss["perplexity"]},
         "validation": {k: result.best[k] for k in ("loss", "perplexity")} if result.best else None,
         "test": test,
-        "host": platform.node(),
-        "torch_threads": torch.get_num_threads(),
-        "pid": os.getpid(),
     }
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False))
     if test is not None:
