@@ -135,10 +135,10 @@ class SftConfig(Section):
         return self
 
 
-# Fields that only classification reads; a task sft config may not set them to other values.
 # Peak learning rate per trainable policy when a classification config gives none: the rates of
 # the seven-questions sweep (docs/seven-questions.md, Q1 and Q6 rows).
 CLASSIFICATION_LR = {"head": 1e-3, "last_blocks": 1e-4, "all": 5e-5, "lora": 5e-4}
+# Fields that only classification reads; a task sft config may not set them to other values.
 CLASSIFICATION_ONLY = {"model": ("pooling", "causal_mask", "head_dropout"), "data": ("text_column", "label_column", "balance")}
 
 

@@ -169,9 +169,11 @@ def fit(
                 accelerator.backward(loss_sum * world / max(total_targets, 1e-9))
             step_loss += loss_sum.item()
         # The gradient norm (clipping at infinity leaves the gradients as they are) tells whether
-        # this update is finite; a non-finite one is skipped so it cannot poison the weights.
+        # this update is finite; a non-finite one is skipped so it cannot poison the weights. A
+        # nan/inf loss gives such gradients too; the norm is taken after the all-reduce, so every
+        # process makes the same choice.
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm or math.inf)
-        if math.isfinite(step_loss) and math.isfinite(float(grad_norm)):
+        if math.isfinite(float(grad_norm)):
             optimizer.step()
             nonfinite_run = 0
         else:
