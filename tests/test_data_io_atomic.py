@@ -55,3 +55,20 @@ def test_replace_dir_swaps_a_finished_folder_in_and_removes_the_old(tmp_path):
     fresh.mkdir()
     replace_dir(fresh, tmp_path / "other")  # nothing there yet
     assert (tmp_path / "other").is_dir() and not fresh.exists()
+
+
+def test_staged_dir_keeps_the_old_folder_when_writing_fails(tmp_path):
+    """A crash while an export or checkpoint is written leaves the previous one whole, and no temp."""
+    import pytest
+
+    from tunelab.data.io_atomic import staged_dir
+
+    final = tmp_path / "model"
+    with staged_dir(final) as tmp:
+        (tmp / "weights").write_text("v1")
+    with pytest.raises(RuntimeError):
+        with staged_dir(final, durable=True) as tmp:
+            (tmp / "weights").write_text("half of v2")
+            raise RuntimeError("disk full")
+    assert (final / "weights").read_text() == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -80,10 +79,3 @@ def read_texts(path: str, text_column: str = "text") -> list[str]:
     if rows and text_column not in rows[0]:
         raise TunelabError(f"{p}: no column {text_column!r} (found: {', '.join(k for k in rows[0] if k != '_line')}); use --text-column")
     return [str(r[text_column]) for r in rows]
-
-
-def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    from tunelab.data.io_atomic import write_text_atomic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -72,7 +72,7 @@ def eval_classifier(args) -> int:
     from tunelab.config import DataConfig
     from tunelab.data.classification import drop_unseen_labels, extract_examples, read_source
     from tunelab.eval.classification import evaluate_items, format_report
-    from tunelab.predict import load_classifier, write_jsonl_atomic  # noqa: F401
+    from tunelab.predict import load_classifier
     from tunelab.data.io_atomic import write_text_atomic
     from collections import Counter
 

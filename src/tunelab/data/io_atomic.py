@@ -14,8 +14,9 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from tunelab.errors import TunelabError
 
@@ -136,3 +137,24 @@ def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike, *, durable: bo
     if durable:
         _fsync_dir(final.parent)
     return final
+
+
+@contextmanager
+def staged_dir(final: str | os.PathLike, *, durable: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `final`; when the block ends normally it replaces
+    `final` (see `replace_dir`), and when it raises it is deleted and `final` is left as it was.
+
+        with staged_dir(run_dir / "model") as tmp:
+            save_everything_into(tmp)
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, final, durable=durable)

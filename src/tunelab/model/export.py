@@ -15,14 +15,12 @@ separately by PEFT (`adapter/`, loadable with `PeftModel.from_pretrained(AutoMod
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from tunelab.data.io_atomic import replace_dir
+from tunelab.data.io_atomic import staged_dir
 from tunelab.errors import TunelabError
 from tunelab.model.classifier import TextClassifier
 
@@ -50,12 +48,13 @@ def merged_backbone(model: TextClassifier) -> torch.nn.Module:
 
 
 def export_classifier(model: TextClassifier, tokenizer, labels: list[str], out_dir: Path, extra: dict | None = None) -> dict:
-    """Write `out_dir` atomically (temporary folder, then rename); return the tunelab.json content."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".tmp-{out_dir.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    """Write `out_dir` atomically (temporary folder, then rename; an older export stays until the
+    new one is complete); return the tunelab.json content."""
+    with staged_dir(out_dir) as tmp:
+        return _write_export(model, tokenizer, labels, tmp, extra)
 
+
+def _write_export(model: TextClassifier, tokenizer, labels: list[str], tmp: Path, extra: dict | None) -> dict:
     if hasattr(model.backbone, "save_pretrained") and hasattr(model.backbone, "peft_config"):
         model.backbone.save_pretrained(str(tmp / "adapter"))
         save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}, str(tmp / "adapter" / "head.safetensors"))
@@ -101,7 +100,6 @@ def export_classifier(model: TextClassifier, tokenizer, labels: list[str], out_d
         **(extra or {}),
     }
     (tmp / "tunelab.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
-    replace_dir(tmp, out_dir)
     return meta
 
 

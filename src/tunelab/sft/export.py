@@ -21,34 +21,16 @@ Folders are written under a temporary name and renamed when complete.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.data.io_atomic import replace_dir
+from tunelab.data.io_atomic import staged_dir
 from tunelab.errors import TunelabError
 from tunelab.sft.templates import TEMPLATE_FILE, hf_chat_template, load_template, save_template
 
 FORMAT_VERSION = 1
 META_FILE = "tunelab.json"
-
-
-@contextmanager
-def _publish(out_dir: Path):
-    """Yield a temporary folder; on success it replaces `out_dir` in one rename."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".tmp-{out_dir.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, out_dir)
 
 
 def _save_tokenizer(tokenizer, template, folder: Path) -> None:
@@ -74,7 +56,7 @@ def hf_generation_config(tokenizer, template, generation: dict):
 
 def save_adapter(model, tokenizer, template, out_dir: Path) -> Path:
     """The PEFT adapter of a LoRA model, with the tokenizer and the template beside it."""
-    with _publish(out_dir) as tmp:
+    with staged_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp))
         _save_tokenizer(tokenizer, template, tmp)
         save_template(template, tmp / TEMPLATE_FILE)
@@ -87,7 +69,7 @@ def save_merged(model, tokenizer, template, out_dir: Path, *, meta: dict, genera
     config = model.generation_config
     model.generation_config = hf_generation_config(tokenizer, template, generation)
     try:
-        with _publish(out_dir) as tmp:
+        with staged_dir(out_dir) as tmp:
             model.save_pretrained(str(tmp))
             _save_tokenizer(tokenizer, template, tmp)
             save_template(template, tmp / TEMPLATE_FILE)
@@ -160,7 +142,7 @@ def export_run(run: str | Path, out_dir: str | Path, force: bool = False) -> Pat
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise TunelabError(f"{out_dir} exists and is not empty; pass --force to replace it")
     adapter = src.parent / "adapter" if src.name == "model" else None
-    with _publish(out_dir) as tmp:
+    with staged_dir(out_dir) as tmp:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
         if adapter is not None and (adapter / "adapter_config.json").is_file() and not (tmp / "adapter").exists():
             shutil.copytree(adapter, tmp / "adapter")

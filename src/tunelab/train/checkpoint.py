@@ -11,7 +11,6 @@ previous checkpoint or the new one, never a half-written one. The best weights s
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from tunelab.data.io_atomic import replace_dir, write_text_atomic
+from tunelab.data.io_atomic import staged_dir, write_text_atomic
 from tunelab.errors import TunelabError
 
 
@@ -59,13 +58,10 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, counters
     """Write a resumable checkpoint for `step` and point `latest` at it; prune older ones."""
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
-    tmp = root / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "optim.pt")
-    (tmp / "state.json").write_text(json.dumps(counters, indent=1))
-    replace_dir(tmp, root / name, durable=True)
+    with staged_dir(root / name, durable=True) as tmp:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "optim.pt")
+        (tmp / "state.json").write_text(json.dumps(counters, indent=1))
     write_text_atomic(root / "latest", name + "\n")
     old = sorted(p for p in root.glob("step-*") if p.name != name)
     for p in old[: max(0, len(old) - (keep - 1))]:
@@ -92,12 +88,9 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
 
 
 def save_best(root: Path, model, info: dict) -> None:
-    tmp = root / f".tmp-best-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    (tmp / "info.json").write_text(json.dumps(info, indent=1))
-    replace_dir(tmp, root / "best", durable=True)
+    with staged_dir(root / "best", durable=True) as tmp:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        (tmp / "info.json").write_text(json.dumps(info, indent=1))
 
 
 def load_best(root: Path, model) -> dict | None:

@@ -112,7 +112,7 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
     from tunelab.data.collate import ClassificationCollator, encode_texts
     from tunelab.eval.classification import evaluate_items, format_report
     from tunelab.model.export import export_classifier
-    from tunelab.train.loop import fit, plan_steps
+    from tunelab.train.loop import fit
     from tunelab.train.objectives import ClassificationObjective, balanced_class_weights
 
     started = time.perf_counter()
