@@ -75,7 +75,9 @@ def tuned_by_lang(run_dir: Path, cfg) -> dict | None:
     splits = load_sft_splits(cfg.data, cfg.sft)
     items = splits.test[: cfg.sft.generation.max_rows] if cfg.sft.generation.max_rows else splits.test
     rows = [json.loads(line) for line in (run_dir / "test_predictions.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert [r["source"] for r in rows] == [it.where for it in items], "test rows differ from the run's"
+    if [r["source"] for r in rows] != [it.where for it in items]:
+        raise SystemExit(f"{run_dir}/test_predictions.jsonl: its rows are not the test rows of this config "
+                         "(was the run made with other data or overrides?)")
     return by_lang([r["generated"] for r in rows], [r["reference"] for r in rows], [it.row.get("lang") for it in items],
                    load_template(run_dir / "model"))
 
