@@ -181,3 +181,30 @@ def test_a_field_added_to_tunelab_is_not_a_changed_cell(tmp_path, spam_csv, tiny
     stored["config"]["train"]["lr"] = 1.0
     meta.write_text(json.dumps(stored))
     assert status(run) == "changed"
+
+
+def test_sigterm_stops_the_sweep_and_its_workers(tmp_path, spam_csv, tiny_llama):
+    """A sweep run in the background ignores Ctrl-C's SIGINT, so it is stopped with SIGTERM: its
+    worker must stop too, not train on as an orphan."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = _setup(tmp_path, spam_csv, tiny_llama, "base: base.yaml\noutput_dir: OUT\nseeds: [1]\n")
+    base = yaml.safe_load((tmp_path / "base.yaml").read_text())
+    base["train"].update(max_steps=100000, eval_every=1000)  # long enough to be stopped mid-run
+    write_config(tmp_path / "base.yaml", base)
+    sweep = subprocess.Popen([sys.executable, "-m", "tunelab.cli", "sweep", str(path), "--threads", "1"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (pid_files := list((tmp_path / "out").rglob("worker.pid"))):
+        time.sleep(0.1)
+    assert pid_files, "the worker never started"
+    worker = int(pid_files[0].read_text())
+    sweep.send_signal(signal.SIGTERM)
+    assert sweep.wait(timeout=60) != 0
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)  # gone, not orphaned

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -161,6 +162,19 @@ def _log_tail(folder: Path, n: int = 3) -> str:
     return " | ".join(lines[-n:])
 
 
+def _stop_on_sigterm():
+    """Make SIGTERM (kill, a scheduler's stop) end the runner like Ctrl-C: its workers are
+    stopped too, instead of training on as orphans. A background job started from a script
+    ignores SIGINT, so SIGTERM is how such a sweep is stopped. Returns the previous handler."""
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        return signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        return None
+
+
 def execute(runs: list[Run], *, parallel: int = 1, threads: int | None = None, keep: str = "metrics",
             rerun_changed: bool = False, isolate: bool = True, what: str = "sweep", log=print) -> Outcome:
     """Run every run not yet done; return what ran, what was reused and what failed."""
@@ -229,6 +243,7 @@ def execute(runs: list[Run], *, parallel: int = 1, threads: int | None = None, k
         env = {**os.environ, "TQDM_MININTERVAL": "30", "PYTHONUNBUFFERED": "1"}
         pending = list(todo)
         active: dict = {}  # Popen -> (run, start time, log file)
+        previous = _stop_on_sigterm()
         try:
             while pending or active:
                 while pending and len(active) < parallel:
@@ -258,5 +273,8 @@ def execute(runs: list[Run], *, parallel: int = 1, threads: int | None = None, k
                     proc.kill()
                 logf.close()
             raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     out.seconds = time.perf_counter() - started
     return out
