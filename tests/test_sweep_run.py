@@ -197,14 +197,15 @@ def test_sigterm_stops_the_sweep_and_its_workers(tmp_path, spam_csv, tiny_llama)
     base["train"].update(max_steps=100000, eval_every=1000)  # long enough to be stopped mid-run
     write_config(tmp_path / "base.yaml", base)
     sweep = subprocess.Popen([sys.executable, "-m", "tunelab.cli", "sweep", str(path), "--threads", "1"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (pid_files := list((tmp_path / "out").rglob("worker.pid"))):
         time.sleep(0.1)
     assert pid_files, "the worker never started"
     worker = int(pid_files[0].read_text())
     sweep.send_signal(signal.SIGTERM)
-    assert sweep.wait(timeout=60) != 0
+    out, _ = sweep.communicate(timeout=60)
+    assert sweep.returncode != 0 and "Run the same command again to resume" in out
     time.sleep(0.5)
     with pytest.raises(ProcessLookupError):
         os.kill(worker, 0)  # gone, not orphaned

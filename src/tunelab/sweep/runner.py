@@ -263,7 +263,10 @@ def execute(runs: list[Run], *, parallel: int = 1, threads: int | None = None, k
                     logf.close()
                     rc = proc.returncode
                     finish(run, time.perf_counter() - t0, None if rc == 0 else f"exit code {rc}: {_log_tail(run.folder)}")
-        except BaseException:
+        except BaseException as err:
+            if isinstance(err, (KeyboardInterrupt, SystemExit)):
+                log(f"[{what}] stopped; {len(active)} run(s) in progress stopped with it. "
+                    "Run the same command again to resume (finished runs are kept).")
             for proc, (_, _, logf) in active.items():
                 proc.terminate()
             for proc, (_, _, logf) in active.items():

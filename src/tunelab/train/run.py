@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import resource
 import shutil
 import time
@@ -140,8 +141,6 @@ def sample_rows(items: list, limit: int | None, seed: int) -> list:
     """
     if limit is None or limit >= len(items):
         return items
-    import random
-
     keep = sorted(random.Random(seed).sample(range(len(items)), limit))
     return [items[i] for i in keep]
 
