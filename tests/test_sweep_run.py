@@ -209,3 +209,20 @@ def test_sigterm_stops_the_sweep_and_its_workers(tmp_path, spam_csv, tiny_llama)
     time.sleep(0.5)
     with pytest.raises(ProcessLookupError):
         os.kill(worker, 0)  # gone, not orphaned
+
+
+def test_eta_uses_each_cells_own_run_time_so_slow_cells_do_not_inflate_fast_ones():
+    from types import SimpleNamespace
+
+    from tunelab.sweep.runner import estimate_seconds_left
+
+    def run(slug):
+        return SimpleNamespace(cell=SimpleNamespace(slug=slug))
+
+    finished = {"all-layers": [300.0, 320.0], "head": [60.0]}
+    # Two more head runs at ~60 s and one all-layer run at ~310 s, two at a time.
+    assert estimate_seconds_left([run("head"), run("head"), run("all-layers")], finished, 2) == pytest.approx((60 + 60 + 310) / 2)
+    # A cell with no finished run yet is expected to take the median run (300 s), not the mean.
+    assert estimate_seconds_left([run("lora")], finished, 1) == pytest.approx(300.0)
+    assert estimate_seconds_left([], finished, 1) == 0.0
+    assert estimate_seconds_left([run("head")], {}, 1) is None

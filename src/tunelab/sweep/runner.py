@@ -154,6 +154,24 @@ def _fmt_seconds(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def estimate_seconds_left(left: list[Run], seconds_by_cell: dict[str, list[float]], parallel: int) -> float | None:
+    """Wall seconds the runs in `left` still need, `parallel` at a time; None before any run ended.
+
+    A run is expected to take the mean time of its own cell's finished runs, or, for a cell with
+    none finished yet, the median over all finished runs: cells differ a lot in cost (all layers
+    against the head alone), and a plain overall mean let the slow cells that run first inflate
+    the estimate for every cell after them.
+    """
+    if not left:
+        return 0.0
+    every = sorted(t for ts in seconds_by_cell.values() for t in ts)
+    if not every:
+        return None
+    median = every[len(every) // 2] if len(every) % 2 else (every[len(every) // 2 - 1] + every[len(every) // 2]) / 2
+    own = {slug: sum(ts) / len(ts) for slug, ts in seconds_by_cell.items() if ts}
+    return sum(own.get(r.cell.slug, median) for r in left) / parallel
+
+
 def _log_tail(folder: Path, n: int = 3) -> str:
     log = folder / "train.log"
     if not log.is_file():
@@ -202,20 +220,23 @@ def execute(runs: list[Run], *, parallel: int = 1, threads: int | None = None, k
         + (f"; {parallel} at a time" if parallel > 1 else "") + (f", {threads} threads each" if isolate else ""))
 
     started = time.perf_counter()
-    durations: list[float] = []
+    seconds_by_cell: dict[str, list[float]] = {}
 
     def progress(run: Run, seconds: float, ok: bool, note: str) -> None:
         finished = {id(r) for r in out.reused + out.ran}
         done_cells = sum(all(id(r.home) in finished for r in rs) for rs in cells.values())
-        left = len(todo) - len(out.ran) - len(out.failed)
-        eta = _fmt_seconds(left * (sum(durations) / len(durations)) / parallel) if durations and left else ("0s" if not left else "?")
+        ended = {id(r) for r in out.ran} | {id(r) for r, _ in out.failed}
+        left_runs = [r for r in todo if id(r) not in ended]
+        left = len(left_runs)
+        left_seconds = estimate_seconds_left(left_runs, seconds_by_cell, parallel)
+        eta = "?" if left_seconds is None else _fmt_seconds(left_seconds)
         log(f"[{what}] runs {len(finished)}/{len(homes)} done, cells {done_cells}/{len(cells)}, {left} left, ETA {eta} | "
             f"{run.label} {'finished' if ok else 'FAILED'} in {_fmt_seconds(seconds)}{note}")
 
     def finish(run: Run, seconds: float, error: str | None) -> None:
         summary_path = run.folder / "summary.json"
         if error is None and summary_path.is_file():
-            durations.append(seconds)
+            seconds_by_cell.setdefault(run.cell.slug, []).append(seconds)
             out.ran.append(run)
             test = (json.loads(summary_path.read_text()).get("test") or {})
             note = f": test accuracy {test['accuracy']:.4f}" if "accuracy" in test else ""
