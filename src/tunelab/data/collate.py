@@ -23,12 +23,23 @@ class Encoded:
 
 
 def encode_texts(tokenizer, texts: list[str], labels: list[int], max_length: int) -> Encoded:
-    """Token ids without padding, truncated to max_length (and counted)."""
+    """Token ids without padding, truncated to max_length (and counted).
+
+    A text that is too long is truncated by the tokenizer itself, which shortens the text and
+    keeps the special tokens an encoder expects at both ends ([CLS] ... [SEP], <s> ... </s>),
+    exactly as `tokenizer(text, truncation=True, max_length=...)` does for a transformers user.
+    Cutting the full ids instead would drop the closing [SEP] of every long text.
+    """
     if not texts:
         return Encoded([], [], 0)
-    ids = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
-    truncated = sum(len(x) > max_length for x in ids)
-    return Encoded([x[:max_length] for x in ids], list(labels), truncated)
+    # verbose=False: the over-long texts are expected here (they are counted), not a warning.
+    ids = tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    long = [i for i, x in enumerate(ids) if len(x) > max_length]
+    if long:
+        cut = tokenizer([texts[i] for i in long], add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+        for i, x in zip(long, cut):
+            ids[i] = x
+    return Encoded(ids, list(labels), len(long))
 
 
 def pad_batch(seqs: list[list[int]], pad_id: int, length: int | None = None, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
