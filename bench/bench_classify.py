@@ -100,6 +100,8 @@ def tunelab_runs(jobs: list[tuple[str, str, list[str], str | None]], out: Path, 
             running.remove(job)
             log.close()
             if proc.returncode != 0:
+                for *_, other in running:
+                    other.terminate()  # no orphans training on after the benchmark has stopped
                 sys.exit(f"tunelab run {name} failed (exit {proc.returncode}); see {log.name}")
             rows[name] = summary_row(run_dir, overrides)
             print(f"{name}: test accuracy {rows[name]['test_accuracy'] * 100:.2f} %, train {rows[name]['train_seconds']:.0f} s", flush=True)
