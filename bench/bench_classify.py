@@ -138,9 +138,12 @@ def main() -> None:
     ap.add_argument("--seeds", default="", help="comma-separated train.seed values, one run each (default: the config's seed)")
     ap.add_argument("--parallel", type=int, default=1, help="tunelab runs at once, sharing the cores")
     args = ap.parse_args()
+    chosen = [n for n in args.only.split(",") if n]
+    unknown = [n for n in chosen if n not in RUNS]
+    if unknown:
+        ap.error(f"--only: unknown run name(s) {', '.join(unknown)}; expected some of {', '.join(RUNS)}")
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
-    chosen = [n for n in args.only.split(",") if n]
     table: dict[str, list[dict]] = {}
     for dataset, cfg in BASELINE_DATA.items():
         if any(RUNS[n][1] == dataset for n in chosen):

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -164,11 +165,11 @@ def estimate_seconds_left(left: list[Run], seconds_by_cell: dict[str, list[float
     """
     if not left:
         return 0.0
-    every = sorted(t for ts in seconds_by_cell.values() for t in ts)
+    every = [t for ts in seconds_by_cell.values() for t in ts]
     if not every:
         return None
-    median = every[len(every) // 2] if len(every) % 2 else (every[len(every) // 2 - 1] + every[len(every) // 2]) / 2
-    own = {slug: sum(ts) / len(ts) for slug, ts in seconds_by_cell.items() if ts}
+    median = statistics.median(every)
+    own = {slug: statistics.fmean(ts) for slug, ts in seconds_by_cell.items() if ts}
     return sum(own.get(r.cell.slug, median) for r in left) / parallel
 
 
