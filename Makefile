@@ -8,7 +8,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test install assets test-assets browser
+.PHONY: demo test install assets test-assets browser lint
 
 $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,5 +34,10 @@ browser:
 test-assets: install
 	$(BIN)/tunelab assets install minilm-l6 sms-spam
 
-test: install test-assets browser
+# The linter CI runs (rules in pyproject.toml); pinned, installed into the same venv.
+lint: install
+	$(BIN)/pip install -q ruff==0.17.6
+	$(BIN)/ruff check src tests bench
+
+test: install test-assets browser lint
 	$(BIN)/python -m pytest -q

@@ -45,8 +45,8 @@ def tfidf_baselines(config_path: str) -> list[dict]:
     from sklearn.pipeline import make_pipeline, make_union
     from sklearn.svm import LinearSVC
 
+    from tunelab.classify.data import load_splits
     from tunelab.config import load_config
-    from tunelab.data.classification import load_splits
 
     splits = load_splits(load_config(ROOT / config_path).data)
     train = splits.train + splits.validation  # classic models need no validation split

@@ -33,16 +33,16 @@ METRICS = ["loss", "perplexity", "exact_match", "token_f1", "rouge_l", "chrf", "
 def score_base(cfg) -> dict:
     """The base model, untouched, scored as the run scores its fine-tuned model."""
     from tunelab.assets.resolve import resolve_model
-    from tunelab.eval.sft import generate_and_score, token_loss
-    from tunelab.model.backbone import load_tokenizer
+    from tunelab.model.backbone import load_backbone, load_tokenizer
     from tunelab.sft.data import encode_split, load_sft_splits
-    from tunelab.train.sft_run import build_sft_template, load_causal_lm
+    from tunelab.sft.evaluate import generate_and_score, token_loss
+    from tunelab.sft.run import build_sft_template
 
     folder = resolve_model(cfg.model.name)
     splits = load_sft_splits(cfg.data, cfg.sft)
     tok = load_tokenizer(folder)
     template = build_sft_template(cfg.sft, tok)
-    model = load_causal_lm(folder).eval()
+    model = load_backbone(folder, lm_head=True).eval()
     examples = encode_split(splits.test, template, tok, max_length=cfg.data.max_length,
                             train_on_prompt=cfg.sft.train_on_prompt, bad_rows=cfg.data.bad_rows, counts=Counter())
     out = token_loss(model, examples, tok.pad_token_id, cfg.eval.batch_size)
@@ -58,7 +58,7 @@ def score_base(cfg) -> dict:
 
 def by_lang(preds: list[str], refs: list[str], langs: list, template) -> dict | None:
     """Scores per value of the rows' `lang` field (document QA), or None without one."""
-    from tunelab.eval.sft import refusal_strings
+    from tunelab.sft.evaluate import refusal_strings
     from tunelab.sft.metrics import score_predictions
 
     if not all(isinstance(x, str) for x in langs):
@@ -103,7 +103,7 @@ def table(base: dict, tuned: dict) -> str:
 
 def run_part(part: str, config: str, out: Path, threads: int, extra: list[str]) -> dict:
     from tunelab.config import load_config
-    from tunelab.train.sft_run import train_sft
+    from tunelab.sft.run import train_sft
 
     overrides = [f"output_dir={out / part}", f"train.num_threads={threads}", *extra]
     cfg = load_config(config, overrides)

@@ -75,8 +75,8 @@ def run_hf_trainer(folder: Path, rows: list[dict], steps: int, batch: int, out: 
 
 
 def run_tunelab(folder: Path, data: Path, steps: int, batch: int, out: Path, group: bool) -> dict:
+    from tunelab.classify.run import train_classifier
     from tunelab.config import validate_dict
-    from tunelab.train.run import train_classifier
 
     torch.cuda.reset_peak_memory_stats()
     cfg = validate_dict({

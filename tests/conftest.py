@@ -1,88 +1,12 @@
-"""Shared test fixtures: tiny random-init models of real architectures, saved as local Hugging Face
-folders with a word-level tokenizer built offline, and a small synthetic labelled data set.
-
-Nothing here downloads anything; each model has 2 layers and a hidden size of 32, so a training
-run takes seconds on a CPU.
-"""
+"""Shared fixtures: a tiny Llama saved once per session and a synthetic spam CSV per test
+(see helpers.py for how they are made)."""
 
 from __future__ import annotations
 
-import json
-import random
 from pathlib import Path
 
 import pytest
-
-WORDS = (
-    "win free prize cash claim urgent call now txt offer winner bonus "
-    "hi see you later lunch ok thanks home meeting tomorrow love dinner sorry tonight "
-    "the a to and is it for of on in my your me we please reply"
-).split()
-SPAM_WORDS = set("win free prize cash claim urgent winner bonus offer".split())
-
-
-def build_tokenizer(folder: Path):
-    """A small byte-level BPE tokenizer trained on WORDS, with pad/eos/unk tokens: the kind of
-    tokenizer real decoders ship, so every family's tokenizer class can read it."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>", "<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([" ".join(WORDS)] * 50 + WORDS, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-    fast.save_pretrained(str(folder))
-    return fast
-
-
-def tiny_config(arch: str, vocab_size: int):
-    import transformers as tf
-
-    common = dict(vocab_size=vocab_size, pad_token_id=0, eos_token_id=1)
-    if arch == "llama":
-        return tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, tie_word_embeddings=True, **common)
-    if arch == "qwen2":
-        return tf.Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, **common)
-    if arch == "gpt2":
-        return tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, bos_token_id=1, **common)
-    if arch == "gemma3":
-        return tf.Gemma3TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=8, max_position_embeddings=128, sliding_window=16, **common)
-    if arch == "bert":
-        return tf.BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128, **common)
-    raise ValueError(arch)
-
-
-def make_model_dir(root: Path, arch: str = "llama", seed: int = 0) -> Path:
-    """A local HF folder with a tiny random-init causal LM (or BERT) and its tokenizer."""
-    import torch
-    import transformers as tf
-
-    folder = root / f"tiny-{arch}"
-    if (folder / "config.json").is_file():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(folder)
-    torch.manual_seed(seed)
-    config = tiny_config(arch, len(tok))
-    model = tf.BertModel(config) if arch == "bert" else tf.AutoModelForCausalLM.from_config(config)
-    model.save_pretrained(str(folder))
-    return folder
-
-
-def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
-    """Short messages; 'spam' when they contain a spam word. Balanced-ish, deterministic."""
-    rng = random.Random(seed)
-    ham_words = [w for w in WORDS if w not in SPAM_WORDS]
-    rows = []
-    for i in range(n):
-        spam = i % 3 == 0
-        words = rng.sample(ham_words, rng.randint(3, 8))
-        if spam:
-            words.insert(rng.randrange(len(words)), rng.choice(sorted(SPAM_WORDS)))
-        rows.append({"text": " ".join(words), "label": "spam" if spam else "ham"})
-    return rows
+from tests.helpers import make_model_dir, synthetic_rows
 
 
 @pytest.fixture(scope="session")
@@ -105,23 +29,3 @@ def spam_csv(tmp_path) -> Path:
         w.writeheader()
         w.writerows(synthetic_rows(240))
     return path
-
-
-def write_config(path: Path, data: dict) -> Path:
-    import yaml
-
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def base_config(train_file: Path, model_dir: Path, out: Path, **train) -> dict:
-    return {
-        "output_dir": str(out),
-        "data": {"train": str(train_file), "max_length": 32},
-        "model": {"name": str(model_dir), "trainable": "all"},
-        "train": {"epochs": 2, "batch_size": 8, "lr": 3e-3, "warmup": 0.1, "eval_every": 5, "seed": 7, **train},
-    }
-
-
-def read_json(path: Path):
-    return json.loads(Path(path).read_text())

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.assets import catalog, resolve, store
+from tunelab.assets import build, catalog, resolve, store
 from tunelab.assets.catalog import ASSETS, CATALOG, Asset, Package
 from tunelab.commands import assets as assets_cmd
 from tunelab.errors import TunelabError
@@ -179,10 +179,10 @@ def test_concat_parts_checks_sha256(tmp_path):
         parts.append(tmp_path / f"p{i}")
         parts[-1].write_bytes(chunk)
     good = hashlib.sha256(b"abcdefgh").hexdigest()
-    out = store.concat_parts(parts, tmp_path / "joined.bin", good, "some-asset")
+    out = build.concat_parts(parts, tmp_path / "joined.bin", good, "some-asset")
     assert out.read_bytes() == b"abcdefgh"
     with pytest.raises(TunelabError) as err:
-        store.concat_parts(parts[::-1], tmp_path / "wrong.bin", good, "some-asset")
+        build.concat_parts(parts[::-1], tmp_path / "wrong.bin", good, "some-asset")
     assert "some-asset" in str(err.value) and "wrong.bin" in str(err.value)
     assert "tunelab assets install some-asset" in str(err.value)
     assert not (tmp_path / "wrong.bin").exists()
@@ -416,7 +416,7 @@ def test_gguf_file_is_converted_once(home, tmp_path, monkeypatch):
     assert tok.chat_template and tok.model_max_length == 64
 
     # second time: reused, not converted again
-    monkeypatch.setattr(store, "convert_gguf", lambda *a, **k: pytest.fail("converted twice"))
+    monkeypatch.setattr(build, "convert_gguf", lambda *a, **k: pytest.fail("converted twice"))
     assert resolve.resolve_model(str(src), progress=lambda msg: None) == folder
 
 

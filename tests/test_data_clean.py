@@ -1,6 +1,5 @@
 """The cleaning pipeline: every removal and change is reported with its reason and line."""
 
-import doctest
 import hashlib
 import json
 
@@ -9,12 +8,6 @@ import pytest
 
 from tunelab.data.clean import CleanOptions, clean_file, clean_rows, hf_mean_pool_encoder
 from tunelab.errors import TunelabError
-
-
-def test_docstring_examples():
-    from tunelab.data import clean
-
-    assert doctest.testmod(clean).failed == 0
 
 
 def rows_of(*texts, labels=None):
@@ -120,7 +113,7 @@ def test_off_domain_needs_an_encoder():
 
 
 def test_hf_encoder_mean_pooling(tmp_path):
-    from conftest import make_model_dir
+    from tests.helpers import make_model_dir
 
     folder = make_model_dir(tmp_path, "bert")
     embed = hf_mean_pool_encoder(folder)

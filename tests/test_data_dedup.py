@@ -1,16 +1,11 @@
 """Exact and near duplicates: planted near copies are found (Korean and English), others are not."""
 
-import doctest
 import random
 
 import numpy as np
 import pytest
 
 from tunelab.data import dedup
-
-
-def test_docstring_examples():
-    assert doctest.testmod(dedup).failed == 0
 
 
 def _sentence(rng, vocab, n):

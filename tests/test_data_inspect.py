@@ -37,7 +37,7 @@ def test_facts():
 
 
 def test_token_lengths_and_over_max(tmp_path):
-    from conftest import build_tokenizer
+    from tests.helpers import build_tokenizer
 
     tok = build_tokenizer(tmp_path / "tok")
     rows = [{"text": "hi see you later", "_line": 1}, {"text": "ok", "_line": 2}, {"text": "free cash prize now call", "_line": 3}]

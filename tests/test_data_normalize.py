@@ -1,14 +1,9 @@
-"""Text normalisation: each cleaner on Korean and English examples, plus the docstring examples."""
+"""Text normalisation: each cleaner on Korean and English examples."""
 
-import doctest
 
 import pytest
 
 from tunelab.data import normalize as nz
-
-
-def test_docstring_examples():
-    assert doctest.testmod(nz).failed == 0
 
 
 def test_nfc_composes_decomposed_hangul():

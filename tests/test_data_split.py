@@ -1,20 +1,13 @@
 """Splits: stratified, seeded, and no duplicate group straddles two parts."""
 
-import doctest
 import random
 
 import numpy as np
 import pytest
 
 from tunelab.data import dedup
-from tunelab.data.groups_split import assign_groups, k_folds, leaked_groups, train_validation_test
+from tunelab.data.split import assign_groups, k_folds, leaked_groups, train_validation_test
 from tunelab.errors import TunelabError
-
-
-def test_docstring_examples():
-    from tunelab.data import groups_split
-
-    assert doctest.testmod(groups_split).failed == 0
 
 
 @pytest.fixture(scope="module")

@@ -4,21 +4,19 @@ import json
 
 import pytest
 import torch
+from tests.helpers import base_config, make_model_dir, one_thread, write_config
 
-from tests.conftest import base_config, make_model_dir, write_config
+from tunelab.classify.run import train_classifier
 from tunelab.cli import main
 from tunelab.config import load_config
-from tunelab.train.run import train_classifier
 
 TEXTS = ["win cash now", "see you at dinner tonight my love", "ok"]
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread():
+    with one_thread():
+        yield
 
 
 def _train(tmp_path, data, model_dir, **model):
@@ -47,7 +45,7 @@ def test_decoder_families_export_to_transformers(tmp_path, model_root, spam_csv,
 
 def test_choices_stock_transformers_cannot_represent_need_tunelab(tmp_path, model_root, spam_csv):
     import tunelab
-    from tunelab.model.export import load_exported
+    from tunelab.classify.export import load_exported
 
     run = _train(tmp_path, spam_csv, make_model_dir(model_root, "llama"), pooling="mean", causal_mask=False)
     meta = json.loads((run / "model" / "tunelab.json").read_text())

@@ -1,7 +1,6 @@
 """A few checks on the real MiniLM asset and the real SMS spam data (installed by `make test`)."""
 
 import pytest
-import torch
 
 from tunelab.assets.store import is_installed
 
@@ -13,8 +12,8 @@ pytestmark = [
 
 def test_minilm_learns_spam_from_a_small_sample(tmp_path):
     import tunelab
+    from tunelab.classify.run import train_classifier
     from tunelab.config import validate_dict
-    from tunelab.train.run import train_classifier
 
     cfg = validate_dict({
         "output_dir": str(tmp_path / "run"),
@@ -27,7 +26,7 @@ def test_minilm_learns_spam_from_a_small_sample(tmp_path):
     assert summary["test"]["accuracy"] >= 0.85
     assert summary["hf_compatible"] is False  # mean pooling: tunelab's loader is needed
     # The exported folder, reloaded, reproduces the test accuracy measured during the run.
-    from tunelab.data.classification import load_splits
+    from tunelab.classify.data import load_splits
 
     test = load_splits(cfg.data).test
     preds = tunelab.load(tmp_path / "run", device="cpu").predict([e.text for e in test])
@@ -36,8 +35,8 @@ def test_minilm_learns_spam_from_a_small_sample(tmp_path):
 
 
 def test_spam_asset_reads_as_documented():
+    from tunelab.classify.data import load_splits
     from tunelab.config import DataConfig
-    from tunelab.data.classification import load_splits
 
     splits = load_splits(DataConfig(train="asset:sms-spam", balance="undersample"))
     assert splits.labels == ["ham", "spam"]

@@ -3,10 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from test_sft_tiny import one_thread, tiny_model, tiny_tokenizer
+from tests.helpers import one_thread, tiny_model, tiny_tokenizer
 
-from tunelab.sft.collate import collate, count_targets, sft_loss
+from tunelab.sft.collate import collate, count_targets
 from tunelab.sft.formats import row_to_messages
+from tunelab.sft.objective import sft_loss
 from tunelab.sft.templates import build_template
 from tunelab.sft.tokenize import IGNORE, tokenize_messages
 

@@ -4,7 +4,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from test_sft_tiny import tiny_tokenizer
+from tests.helpers import tiny_tokenizer
 
 from tunelab.sft.formats import row_to_messages
 from tunelab.sft.templates import REFUSAL_EN, REFUSAL_KO, build_template

@@ -4,11 +4,12 @@ import functools
 
 import pytest
 import torch
-from test_sft_tiny import one_thread, tiny_model, tiny_tokenizer
+from tests.helpers import one_thread, tiny_model, tiny_tokenizer
 
-from tunelab.sft.collate import collate, sft_loss
+from tunelab.sft.collate import collate
 from tunelab.sft.formats import row_to_messages
 from tunelab.sft.generate import generate, left_pad, stop_token_ids, trim_at_stop
+from tunelab.sft.objective import sft_loss
 from tunelab.sft.templates import build_template, load_template, save_template
 from tunelab.sft.tokenize import encode, encode_prompt, tokenize_messages
 
@@ -28,7 +29,7 @@ def _one_thread():
         yield
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def overfit(name="docqa"):
     """Train the tiny model on ROWS until it repeats them (about 60 steps, a few seconds on a CPU)."""
     tok = tiny_tokenizer()

@@ -13,8 +13,8 @@ import tunelab.sft.templates
 import tunelab.sft.tokenize
 from tunelab.sft.metrics import (
     chrf,
-    examples_table,
     exact_match,
+    examples_table,
     normalize,
     refusal_scores,
     rouge_l,

@@ -13,13 +13,12 @@ import random
 
 import pytest
 import torch
-from test_sft_tiny import one_thread, tiny_model, tiny_tokenizer
+from tests.helpers import one_thread, read_json, tiny_model, tiny_tokenizer, write_config
 
-from tests.conftest import read_json, write_config
 from tunelab.cli import main
 from tunelab.config import load_config, validate_dict
 from tunelab.errors import TunelabError
-from tunelab.train.sft_run import train_sft
+from tunelab.sft.run import train_sft
 
 QUIET = dict(log=lambda *_: None)
 
@@ -314,8 +313,9 @@ def test_too_long_rows_are_named_or_skipped_and_truncation_is_counted(root, base
 
 
 def test_split_by_keeps_documents_unseen():
-    from tunelab.sft.data import split_items, to_items
     from collections import Counter
+
+    from tunelab.sft.data import split_items, to_items
 
     rows = [{**r, "context": f"doc {i // 3}", "lang": "ko" if i % 2 else "en", "_line": i + 1}
             for i, r in enumerate(docqa_rows(60))]
@@ -373,10 +373,10 @@ def test_validate_command_prints_the_sft_section(root, capsys):
 
 
 def test_export_command_copies_a_classification_run(tmp_path, spam_csv, tiny_llama, capsys):
+    from tests.helpers import base_config
     from transformers import AutoModelForSequenceClassification
 
-    from tests.conftest import base_config
-    from tunelab.train.run import train_classifier
+    from tunelab.classify.run import train_classifier
 
     cfg = load_config(write_config(tmp_path / "c.yaml", base_config(spam_csv, tiny_llama, tmp_path / "cls", max_steps=2)))
     train_classifier(cfg, **QUIET)
@@ -388,7 +388,8 @@ def test_export_command_copies_a_classification_run(tmp_path, spam_csv, tiny_lla
 
 
 def test_loss_of_a_batch_without_targets_is_zero_with_a_gradient():
-    from tunelab.sft.collate import collate, sft_loss
+    from tunelab.sft.collate import collate
+    from tunelab.sft.objective import sft_loss
 
     tok = tiny_tokenizer()
     model = tiny_model(tok)
@@ -396,3 +397,52 @@ def test_loss_of_a_batch_without_targets_is_zero_with_a_gradient():
     loss, n = sft_loss(model, batch)
     assert loss.item() == 0.0 and int(n) == 0
     loss.backward()  # the loop may call backward on it
+
+
+def test_sweep_of_an_sft_config_trains_sft_cells(root, base_dir, docqa_file):
+    """The sweep worker dispatches on the config's task: SFT cells are SFT runs (summary task sft,
+    a token loss), not classification runs of the same rows."""
+    import yaml
+
+    from tunelab.sweep import run_sweep
+
+    write_config(root / "sweep-base.yaml", sft_config(docqa_file, base_dir, root / "unused", max_steps=2, eval_every=2,
+                                                   model={"lora": {"r": 4}}))
+    spec = {"base": "sweep-base.yaml", "output_dir": str(root / "sweep"), "seeds": [1],
+            "groups": {"rank": {"variants": {"r4": {"model.lora.r": 4}, "r8": {"model.lora.r": 8}}}}}
+    path = root / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = run_sweep(path, isolate=False, log=lambda *_: None)
+    assert len(result["outcome"].ran) == 2 and not result["outcome"].failed
+    for row in result["rows"]:
+        summary = read_json(f"{row['folder']}/summary.json")
+        assert summary["task"] == "sft" and row["test_loss"] == summary["test"]["loss"] > 0
+        assert row["test_accuracy"] is None
+
+
+def test_cv_of_an_sft_config_reports_the_test_loss_over_folds(root, base_dir, docqa_file):
+    """`tunelab cv` of an SFT config: each fold an SFT run, mean ± std of the fold test losses;
+    with sft.split_by the rows of one context never sit in two folds."""
+    from tunelab.sweep.cv import cross_validate, format_table
+
+    cfg = run_config(root, "cv", docqa_file, base_dir, max_steps=2, eval_every=2, sft={"split_by": "context"})
+    result = cross_validate(cfg, 3, root / "cv", isolate=False, log=lambda *_: None)
+    assert result["finished_folds"] == 3 and result["task"] == "sft" and result["pooled_test"] is None
+    losses = [f["test_loss"] for f in result["per_fold"]]
+    assert all(x > 0 for x in losses)
+    assert result["mean_std"]["test_loss"]["mean"] == pytest.approx(sum(losses) / 3)
+    contexts = [{json.loads(line)["context"] for line in (root / "cv" / "folds" / f"fold-{i}" / "test.jsonl").open(encoding="utf-8")}
+                for i in range(3)]
+    assert sum(len(c) for c in contexts) == len(set().union(*contexts))
+    assert read_json(root / "cv" / "runs" / "fold-0" / "summary.json")["task"] == "sft"
+    assert "test loss" in format_table(result)
+
+
+def test_pinned_losses_of_a_tiny_lora_run(root, base_dir, docqa_file):
+    """Six LoRA steps on the document-QA rows give these token losses: a refactor that changes the
+    split, the template, the loss mask or the loss itself shows up here (printed identically by the
+    code before and after the layout change of issue 13)."""
+    cfg = run_config(root, "pinned", docqa_file, base_dir, max_steps=6, eval_every=3, model={"lora": {"r": 8}})
+    s = train_sft(cfg, **QUIET)
+    got = (s["train"]["loss"], s["validation"]["loss"], s["test"]["loss"])
+    assert got == pytest.approx((6.095497215187157, 6.089713202582465, 6.098006475539434), rel=1e-5)

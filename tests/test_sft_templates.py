@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from test_sft_tiny import tiny_tokenizer
+from tests.helpers import tiny_tokenizer
 
 from tunelab.errors import TunelabError
 from tunelab.sft.formats import row_to_messages
@@ -178,7 +178,7 @@ def _hf_messages(msgs):
 ])
 @pytest.mark.parametrize("bos", [False, True])
 def test_hf_chat_template_gives_the_same_prompt_ids(name, row, bos):
-    from tunelab.sft.templates import hf_chat_template
+    from tunelab.sft.export import hf_chat_template
     from tunelab.sft.tokenize import encode_prompt, tokenize_messages
 
     tok = tiny_tokenizer(bos=bos)

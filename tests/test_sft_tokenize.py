@@ -1,7 +1,7 @@
 """Messages -> (ids, labels): exact masks per template and format, EOS, BOS, truncation."""
 
 import pytest
-from test_sft_tiny import tiny_tokenizer
+from tests.helpers import tiny_tokenizer
 
 from tunelab.sft.formats import row_to_messages, split_prompt
 from tunelab.sft.templates import build_template

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 import yaml
+from tests.helpers import base_config, read_json, write_config
 
-from tests.conftest import base_config, read_json, write_config
 from tunelab.errors import TunelabError
 from tunelab.sweep import run_sweep
 

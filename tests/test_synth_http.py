@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tunelab.cli import main
+from tunelab.data.refusals import REFUSAL_EN
 from tunelab.errors import TunelabError
-from tunelab.sft.templates import REFUSAL_EN
 from tunelab.synth.pipeline import ROW_KEYS, synthesize
 from tunelab.synth.prompts import validate_synth_dict
 
@@ -60,7 +60,7 @@ class FakeEndpoint:
             def log_message(self, *args):
                 pass
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with lock:
                     outer.calls += 1

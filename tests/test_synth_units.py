@@ -11,8 +11,16 @@ from tunelab.errors import TunelabError
 from tunelab.synth.cache import ReplyCache, cache_key
 from tunelab.synth.chunking import chunk_text
 from tunelab.synth.documents import find_documents, read_document
-from tunelab.synth.filters import (duplicate_reasons, is_refusal, new_in_answer, parse_answer, parse_questions,
-                                   script_ok, shared_share, support)  # fmt: skip
+from tunelab.synth.filters import (
+    duplicate_reasons,
+    is_refusal,
+    new_in_answer,
+    parse_answer,
+    parse_questions,
+    script_ok,  # fmt: skip
+    shared_share,
+    support,
+)
 from tunelab.synth.prompts import answer_messages, load_synth_config, question_messages, validate_synth_dict
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,11 +6,13 @@ Python API:
     clf.predict(["WIN a free cruise now!"])  # -> [{"label": "spam", "probs": {...}}]
 """
 
-__version__ = "0.1.0"
+from tunelab.version import __version__
+
+__all__ = ["__version__", "load"]
 
 
 def load(run_dir, device=None):
-    """Load a finished run folder (classification) for prediction; see `tunelab.predict`."""
-    from tunelab.predict import load_classifier
+    """Load a finished run folder (classification) for prediction; see `tunelab.classify.predict`."""
+    from tunelab.classify.predict import load_classifier
 
     return load_classifier(run_dir, device=device)

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tunelab",
         description="Turn pretrained language models into specialists (offline by default).",
     )
-    from tunelab import __version__
+    from tunelab.version import __version__
 
     parser.add_argument("--version", action="version", version=f"tunelab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

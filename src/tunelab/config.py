@@ -126,7 +126,7 @@ class SftConfig(Section):
     generation: GenerationSection = Field(default_factory=GenerationSection, description="Decoding for test evaluation (and the defaults of `tunelab generate` and `tunelab chat`).")
 
     @model_validator(mode="after")
-    def _check_template_fields(self) -> "SftConfig":
+    def _check_template_fields(self) -> SftConfig:
         if self.template == "jinja" and not self.prompt:
             raise ValueError("sft.template is jinja: set sft.prompt (a Jinja string)")
         if self.template != "jinja" and (self.prompt is not None or self.response is not None):
@@ -176,13 +176,13 @@ class RunConfig(Section):
         return data
 
     @model_validator(mode="after")
-    def _check_split(self) -> "RunConfig":
+    def _check_split(self) -> RunConfig:
         if self.data.split.validation + self.data.split.test >= 0.9:
             raise ValueError("data.split.validation + data.split.test must leave at least 10 % for training")
         return self
 
     @model_validator(mode="after")
-    def _check_task(self) -> "RunConfig":
+    def _check_task(self) -> RunConfig:
         if self.task == "classification":
             if self.sft is not None:
                 raise ValueError("the sft section is only used with task: sft (this config has task: classification)")

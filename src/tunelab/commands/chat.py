@@ -13,7 +13,7 @@ HELP = "interactive chat with a fine-tuned (SFT) run using its saved template (/
 
 
 def configure(p):
-    from tunelab.commands.generate import add_decoding_options
+    from tunelab.commands.options import add_decoding_options
 
     p.add_argument("run", help="SFT run folder (or its model/ folder, or an exported folder)")
     p.add_argument("--system", default=None, help="system message for the conversation")
@@ -37,8 +37,8 @@ def fit_history(messages, template, tokenizer, budget: int) -> list[dict]:
 def run(args) -> int:
     import sys
 
-    from tunelab.commands.generate import decoding, read_context
-    from tunelab.eval.sft import refusal_strings
+    from tunelab.commands.options import decoding, read_context
+    from tunelab.sft.evaluate import refusal_strings
     from tunelab.sft.export import load_sft
     from tunelab.sft.formats import row_to_messages
     from tunelab.sft.generate import generate

@@ -24,7 +24,7 @@ def configure(p):
 
 def run(args) -> int:
     from tunelab.config import load_config
-    from tunelab.train.cv import cross_validate, format_table
+    from tunelab.sweep.cv import cross_validate, format_table
 
     cfg = load_config(args.config, args.overrides)
     result = cross_validate(cfg, args.folds, args.output_dir, args.seed, parallel=args.parallel, threads=args.threads,

@@ -274,60 +274,18 @@ def _clean(args) -> int:
 
 
 def _split(args) -> int:
-    from pathlib import Path
+    from tunelab.data.clean import guess_text_columns, row_text
+    from tunelab.data.split import write_splits
 
-    import numpy as np
-
-    from tunelab.data import dedup
-    from tunelab.data.clean import guess_text_columns, public_row, row_text
-    from tunelab.data.groups_split import k_folds, label_table, leaked_groups, train_validation_test
-    from tunelab.data.io_atomic import write_json_atomic, write_jsonl_atomic
-
-    if args.folds and args.validation is not None:
-        raise _error("--folds and --validation exclude each other: each fold is the validation part once")
     path, rows, text_cols, label = _read(args, args.file)
     if not rows:
         raise _error(f"{path}: no rows to split")
     if label is None and "label" in rows[0]:
         label = "label"
     text_cols = text_cols or guess_text_columns(rows, label, str(path))
-    texts = [row_text(r, text_cols) for r in rows]
-    labels = [r.get(label) for r in rows] if label else None
-    if args.near_dup_threshold:
-        groups = dedup.near_duplicates(texts, threshold=args.near_dup_threshold).groups
-    else:
-        groups = dedup.exact_groups(texts)
-    out = Path(args.out)
-    summary: dict = {"input": str(path), "rows": len(rows), "seed": args.seed, "label_column": label,
-                     "near_dup_threshold": args.near_dup_threshold,
-                     "groups_with_several_rows": int((np.bincount(groups) > 1).sum())}  # fmt: skip
-    written = []
-    if args.folds:
-        part = train_validation_test(labels, groups, validation=0.0, test=args.test, seed=args.seed)
-        rest = np.flatnonzero(part != "test")
-        fold = k_folds([labels[i] for i in rest] if labels else None, groups[rest], args.folds, seed=args.seed)
-        if args.test:
-            written.append(write_jsonl_atomic(out / "test.jsonl", (public_row(rows[i]) for i in np.flatnonzero(part == "test"))))
-        for k in range(args.folds):
-            written.append(write_jsonl_atomic(out / f"fold-{k}" / "train.jsonl", (public_row(rows[i]) for i in rest[fold != k])))
-            written.append(write_jsonl_atomic(out / f"fold-{k}" / "validation.jsonl", (public_row(rows[i]) for i in rest[fold == k])))
-        names = np.array(part, dtype=object)
-        names[rest] = np.array([f"fold-{f}" for f in fold], dtype=object)
-    else:
-        validation = 0.1 if args.validation is None else args.validation
-        names = train_validation_test(labels, groups, validation=validation, test=args.test, seed=args.seed)
-        for name, frac in (("train", 1.0), ("validation", validation), ("test", args.test)):
-            if frac > 0:
-                idx = np.flatnonzero(names == name)
-                written.append(write_jsonl_atomic(out / f"{name}.jsonl", (public_row(rows[i]) for i in idx)))
-            elif (out / f"{name}.jsonl").exists():
-                print(f"note: {out / f'{name}.jsonl'} is from an earlier run (this one has no {name} part)")
-    leaks = leaked_groups(names, groups)
-    assert leaks == 0, f"{leaks} duplicate groups straddle two parts"
-    summary["parts"] = label_table(labels, names)
-    summary["leaked_groups"] = leaks
-    written.append(write_json_atomic(out / "split.json", summary))
-
+    summary, written = write_splits(rows, [row_text(r, text_cols) for r in rows], [r.get(label) for r in rows] if label else None,
+                                    args.out, validation=args.validation, test=args.test, folds=args.folds, seed=args.seed,
+                                    near_dup_threshold=args.near_dup_threshold, source=str(path), label_column=label)
     print(f"tunelab data split {path}")
     print(_table([(p, f"{sum(c.values()):,} rows  " + ", ".join(f"{k} {v:,}" for k, v in c.items()))
                   for p, c in summary["parts"].items()]))  # fmt: skip

@@ -11,50 +11,10 @@ padding and decoded with the KV cache; greedy unless --sample. Defaults come fro
 HELP = "generate answers with a fine-tuned (SFT) run: --prompt TEXT, or --input FILE --output FILE (batched)"
 
 
-def add_decoding_options(p):
-    """Decoding flags shared by generate and chat; None means the run's own setting."""
-    p.add_argument("--max-new-tokens", type=int, default=None, help="most new tokens per answer (default: the run's)")
-    p.add_argument("--sample", dest="do_sample", action="store_const", const=True, default=None, help="sample (temperature, top-p) instead of greedy decoding")
-    p.add_argument("--greedy", dest="do_sample", action="store_const", const=False, help="greedy decoding")
-    p.add_argument("--temperature", type=float, default=None, help="sampling temperature")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling probability mass")
-    p.add_argument("--seed", type=int, default=None, help="sampling seed")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-
-
-def decoding(args, meta: dict) -> dict:
-    """The run's generation settings with the command-line flags that were given on top."""
-    gen = dict(meta.get("generation") or {})
-    gen.setdefault("max_new_tokens", 128)
-    gen.setdefault("do_sample", False)
-    gen.setdefault("temperature", 1.0)
-    gen.setdefault("top_p", 1.0)
-    for key in ("max_new_tokens", "do_sample", "temperature", "top_p", "seed"):
-        if getattr(args, key, None) is not None:
-            gen[key] = getattr(args, key)
-    return gen
-
-
-def read_context(value):
-    """--context: the text itself, or @FILE / an existing file path for its content."""
-    from pathlib import Path
-
-    if value is None:
-        return None
-    path = Path(value[1:] if value.startswith("@") else value)
-    if value.startswith("@") or (len(value) < 4096 and "\n" not in value and path.is_file()):
-        from tunelab.errors import TunelabError
-
-        if not path.is_file():
-            raise TunelabError(f"--context: file not found: {path}")
-        return path.read_text(encoding="utf-8").strip()
-    return value
-
-
 def needs_document(run) -> None:
     """Stop early (before loading the model) when a document-QA run gets no --context."""
     from tunelab.errors import TunelabError
-    from tunelab.eval.sft import refusal_strings
+    from tunelab.sft.evaluate import refusal_strings
     from tunelab.sft.export import model_dir_of
     from tunelab.sft.templates import load_template
 
@@ -65,6 +25,8 @@ def needs_document(run) -> None:
 
 
 def configure(p):
+    from tunelab.commands.options import add_decoding_options
+
     p.add_argument("run", help="SFT run folder (or its model/ folder, or an exported folder)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a question or instruction (repeat for several, generated as one batch)")
@@ -81,6 +43,7 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
+    from tunelab.commands.options import decoding, read_context
     from tunelab.errors import TunelabError
     from tunelab.sft.export import load_sft
     from tunelab.sft.formats import row_to_messages

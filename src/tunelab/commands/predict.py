@@ -16,8 +16,8 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
+    from tunelab.classify.predict import load_classifier, read_texts
     from tunelab.data.io_atomic import write_jsonl_atomic
-    from tunelab.predict import load_classifier, read_texts
 
     clf = load_classifier(args.run)  # a wrong run folder fails before reading any input
     texts = read_texts(args.input, args.text_column)

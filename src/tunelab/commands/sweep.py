@@ -39,10 +39,11 @@ def print_plan(runs, log=print) -> None:
 def print_table(cells, log=print) -> None:
     from tunelab.sweep.report import pct
 
-    rows = [("cell", "n", "test acc %", "test macro-F1 %", "train s")]
+    rows = [("cell", "n", "test acc %", "test macro-F1 %", "test loss", "train s")]
     for e in cells:
-        secs = e["train_seconds"]["mean"]
-        rows.append((e["cell"], str(e["n"]), pct(e["test_accuracy"]), pct(e["test_macro_f1"]), f"{secs:.0f}" if secs is not None else "–"))
+        secs, loss = e["train_seconds"]["mean"], e["test_loss"]["mean"]
+        rows.append((e["cell"], str(e["n"]), pct(e["test_accuracy"]), pct(e["test_macro_f1"]),
+                     f"{loss:.4f}" if loss is not None else "–", f"{secs:.0f}" if secs is not None else "–"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         log("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))

@@ -12,14 +12,8 @@ def configure(p):
 
 def run(args) -> int:
     from tunelab.config import load_config
+    from tunelab.tasks import recipe
 
     cfg = load_config(args.config, args.overrides)
-    if cfg.task == "sft":
-        from tunelab.train.sft_run import train_sft
-
-        train_sft(cfg, resume=args.resume, force=args.force)
-        return 0
-    from tunelab.train.run import train_classifier
-
-    train_classifier(cfg, resume=args.resume, force=args.force)
+    recipe(cfg.task)(cfg, resume=args.resume, force=args.force)
     return 0

@@ -16,9 +16,10 @@ import json
 import re
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -155,7 +156,58 @@ def clean_rows(rows: Sequence[dict], options: CleanOptions | None = None, source
     opt.check()
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
-    n = len(rows)
+    label_col, text_cols, clean_cols = _resolve_columns(rows, opt, source)
+    work = _normalise_and_filter(rows, opt, text_cols, clean_cols)
+    seconds["normalise_filter"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    by_key = _group_by_text(work)  # label conflicts and exact duplicates, over the rows still in
+    conflict_entries = _label_conflicts(work, by_key, label_col, opt) if label_col is not None else []
+    if opt.exact_dedup:
+        _drop_exact_duplicates(work, by_key)
+    seconds["exact_dedup"] = time.perf_counter() - t
+
+    near_info: dict[str, Any] = {}
+    if opt.near_dup_threshold is not None:
+        t = time.perf_counter()
+        near_info = _drop_near_duplicates(work, label_col, opt)
+        seconds["near_dedup"] = time.perf_counter() - t
+
+    domain_info: dict[str, Any] = {}
+    if opt.domain_reference is not None:
+        t = time.perf_counter()
+        domain_info = _drop_off_domain(work, opt)
+        seconds["off_domain"] = time.perf_counter() - t
+
+    entries = _report_entries(work, opt) + conflict_entries
+    kept = [work.out[i] for i in range(work.n) if i not in work.removed]
+    seconds["total"] = time.perf_counter() - t0
+    summary = _summary(work, opt, entries, len(conflict_entries), text_cols, label_col, near_info, domain_info, seconds)
+    return kept, CleanReport(entries, summary)
+
+
+@dataclass
+class _Work:
+    """What the stages share: per input row its output dict, text, changes, and why it was removed."""
+
+    lines: list[int]  # the line number of each input row, for the report
+    out: list[dict] = field(default_factory=list)  # normalised and redacted copies of the rows
+    texts: list[str] = field(default_factory=list)  # the text of each row, as filters see it
+    changes: list[list[str]] = field(default_factory=list)  # sorted 'normalize:STEP' / 'pii:TYPE'
+    removed: dict[int, tuple[str, dict]] = field(default_factory=dict)  # row -> (reason, detail)
+    step_counts: Counter = field(default_factory=Counter)  # rows changed per normalisation step
+    pii_counts: Counter = field(default_factory=Counter)  # rows redacted per personal-data type
+
+    @property
+    def n(self) -> int:
+        return len(self.lines)
+
+    def alive(self) -> list[int]:
+        return [i for i in range(self.n) if i not in self.removed]
+
+
+def _resolve_columns(rows: Sequence[dict], opt: CleanOptions, source: str) -> tuple[str | None, list[str], list[str]]:
+    """Pick the label, text and to-be-cleaned columns, so every later stage knows where to look."""
     label_col = opt.label_column
     if label_col is None and any("label" in r for r in rows[:100]):
         label_col = "label"
@@ -164,154 +216,181 @@ def clean_rows(rows: Sequence[dict], options: CleanOptions | None = None, source
     if clean_cols is None:
         clean_cols = [c for c in _column_names(rows) if c != label_col and not _is_id(c)]
         clean_cols += [c for c in text_cols if c not in clean_cols]
-    lines = [r.get("_line", i + 1) for i, r in enumerate(rows)]
+    return label_col, text_cols, clean_cols
 
-    out: list[dict] = []
-    texts: list[str] = []
-    changes: list[list[str]] = []
-    removed: dict[int, tuple[str, dict]] = {}
-    step_counts: Counter = Counter()
-    pii_counts: Counter = Counter()
+
+def _normalise_and_filter(rows: Sequence[dict], opt: CleanOptions, text_cols: list[str], clean_cols: list[str]) -> _Work:
+    """Normalise and redact each row, and mark the rows a per-row filter rejects, in one pass."""
+    work = _Work(lines=[r.get("_line", i + 1) for i, r in enumerate(rows)])
     wanted = {"ko": 0, "en": 1}.get(opt.lang)
-
     iterator = enumerate(rows)
     if opt.progress:
         from tqdm import tqdm
 
-        iterator = tqdm(iterator, total=n, desc="normalise", unit="row", disable=None)
+        iterator = tqdm(iterator, total=len(rows), desc="normalise", unit="row", disable=None)
     for i, row in iterator:
-        row_changes: list[str] = []
-
-        def fix(s: str) -> str:
-            if opt.normalize:
-                s, steps = normalize.normalize_steps(s, html=opt.html, mojibake=opt.mojibake, keep_newlines=opt.keep_newlines)
-                row_changes.extend(f"normalize:{x}" for x in steps)
-            if opt.pii:
-                s, found = pii.redact(s, opt.pii_types)
-                row_changes.extend(f"pii:{f.type}" for f in found)
-            return s
-
-        new = dict(row)
-        for c in clean_cols:
-            if c in new:
-                new[c] = _map_strings(new[c], fix)
+        new, row_changes = _normalise_row(row, clean_cols, opt)
         text = row_text(new, text_cols)
-        out.append(new)
-        texts.append(text)
-        changes.append(sorted(set(row_changes)))
+        work.out.append(new)
+        work.texts.append(text)
+        work.changes.append(sorted(set(row_changes)))
         for ch in set(row_changes):
-            (pii_counts if ch.startswith("pii:") else step_counts)[ch.split(":", 1)[1]] += 1
+            (work.pii_counts if ch.startswith("pii:") else work.step_counts)[ch.split(":", 1)[1]] += 1
+        reason = _row_filter(row, text, text_cols, opt, wanted)
+        if reason is not None:
+            work.removed[i] = reason
+    return work
 
-        # per-row filters
-        if not text.strip():
-            missing = [c for c in text_cols if c not in row]
-            removed[i] = ("empty", {"missing_columns": missing} if missing else {})
-        elif opt.drop_garbled and normalize.looks_garbled(text):
-            removed[i] = ("garbled", {})
-        elif len(text) < opt.min_chars:
-            removed[i] = ("too_short", {"chars": len(text), "min_chars": opt.min_chars})
-        elif opt.max_chars is not None and len(text) > opt.max_chars:
-            removed[i] = ("too_long", {"chars": len(text), "max_chars": opt.max_chars})
-        elif wanted is not None:
-            counts = normalize.script_counts(_PLACEHOLDER.sub(" ", text) if "[" in text else text)
-            total = sum(counts)
-            share = counts[wanted] / total if total else 0.0
-            if share < opt.min_script_share:
-                shares = {k: round(v / total, 3) if total else 0.0 for k, v in zip(("hangul", "latin", "other"), counts)}
-                removed[i] = ("wrong_language", {"lang": opt.lang, "scripts": shares})
-    seconds["normalise_filter"] = time.perf_counter() - t0
 
-    # label conflicts and exact duplicates, over the rows still in
-    t = time.perf_counter()
-    alive = [i for i in range(n) if i not in removed]
+def _normalise_row(row: dict, clean_cols: list[str], opt: CleanOptions) -> tuple[dict, list[str]]:
+    """A copy of `row` with its clean columns normalised and redacted, plus the changes made (with repeats)."""
+    row_changes: list[str] = []
+
+    def fix(s: str) -> str:
+        if opt.normalize:
+            s, steps = normalize.normalize_steps(s, html=opt.html, mojibake=opt.mojibake, keep_newlines=opt.keep_newlines)
+            row_changes.extend(f"normalize:{x}" for x in steps)
+        if opt.pii:
+            s, found = pii.redact(s, opt.pii_types)
+            row_changes.extend(f"pii:{f.type}" for f in found)
+        return s
+
+    new = dict(row)
+    for c in clean_cols:
+        if c in new:
+            new[c] = _map_strings(new[c], fix)
+    return new, row_changes
+
+
+def _row_filter(row: dict, text: str, text_cols: list[str], opt: CleanOptions, wanted: int | None) -> tuple[str, dict] | None:
+    """Why a row is unusable on its own (empty, garbled, too short or long, wrong script), else None."""
+    if not text.strip():
+        missing = [c for c in text_cols if c not in row]
+        return ("empty", {"missing_columns": missing} if missing else {})
+    if opt.drop_garbled and normalize.looks_garbled(text):
+        return ("garbled", {})
+    if len(text) < opt.min_chars:
+        return ("too_short", {"chars": len(text), "min_chars": opt.min_chars})
+    if opt.max_chars is not None and len(text) > opt.max_chars:
+        return ("too_long", {"chars": len(text), "max_chars": opt.max_chars})
+    if wanted is not None:
+        return _wrong_language(text, opt, wanted)
+    return None
+
+
+def _wrong_language(text: str, opt: CleanOptions, wanted: int) -> tuple[str, dict] | None:
+    """A 'wrong_language' removal when too few letters are in the wanted script (placeholders ignored)."""
+    counts = normalize.script_counts(_PLACEHOLDER.sub(" ", text) if "[" in text else text)
+    total = sum(counts)
+    share = counts[wanted] / total if total else 0.0
+    if share >= opt.min_script_share:
+        return None
+    shares = {k: round(v / total, 3) if total else 0.0 for k, v in zip(("hangul", "latin", "other"), counts)}
+    return ("wrong_language", {"lang": opt.lang, "scripts": shares})
+
+
+def _group_by_text(work: _Work) -> dict[str, list[int]]:
+    """The rows still in, grouped by their dedup key (same text after normalisation), in row order."""
     by_key: dict[str, list[int]] = {}
-    for i in alive:
-        by_key.setdefault(dedup.dedup_key(texts[i]), []).append(i)
-    conflict_entries = []
-    if label_col is not None:
-        for members in by_key.values():
-            if len(members) < 2:
-                continue
-            labels = Counter(_label_key(out[i].get(label_col)) for i in members)
-            if len(labels) < 2:
-                continue
-            conflict_entries.append({
-                "action": "label_conflict",
-                "lines": [lines[i] for i in members],
-                "labels": dict(labels),
-                "resolution": "dropped" if opt.label_conflicts == "drop" else f"kept line {lines[members[0]]}",
-                "preview": texts[members[0]][: opt.preview_chars],
-            })  # fmt: skip
-            if opt.label_conflicts == "drop":
-                for i in members:
-                    removed[i] = ("label_conflict", {"labels": dict(labels)})
-    if opt.exact_dedup:
-        for members in by_key.values():
-            keep = next((i for i in members if i not in removed), None)
+    for i in work.alive():
+        by_key.setdefault(dedup.dedup_key(work.texts[i]), []).append(i)
+    return by_key
+
+
+def _label_conflicts(work: _Work, by_key: dict[str, list[int]], label_col: str, opt: CleanOptions) -> list[dict]:
+    """Report groups of one text with several labels (noisy labels), dropping them with 'drop'."""
+    entries = []
+    for members in by_key.values():
+        if len(members) < 2:
+            continue
+        labels = Counter(_label_key(work.out[i].get(label_col)) for i in members)
+        if len(labels) < 2:
+            continue
+        entries.append({
+            "action": "label_conflict",
+            "lines": [work.lines[i] for i in members],
+            "labels": dict(labels),
+            "resolution": "dropped" if opt.label_conflicts == "drop" else f"kept line {work.lines[members[0]]}",
+            "preview": work.texts[members[0]][: opt.preview_chars],
+        })  # fmt: skip
+        if opt.label_conflicts == "drop":
             for i in members:
-                if i != keep and i not in removed:
-                    removed[i] = ("exact_duplicate", {"of_line": lines[keep]})
-    seconds["exact_dedup"] = time.perf_counter() - t
+                work.removed[i] = ("label_conflict", {"labels": dict(labels)})
+    return entries
 
-    near_info: dict[str, Any] = {}
-    if opt.near_dup_threshold is not None:
-        t = time.perf_counter()
-        alive = np.array([i for i in range(n) if i not in removed], dtype=np.int64)
-        if len(alive) > 1:
-            nd = dedup.near_duplicates(
-                [texts[i] for i in alive], threshold=opt.near_dup_threshold,
-                num_perm=opt.num_perm, shingle_size=opt.shingle_size,
-            )  # fmt: skip
-            best = np.zeros(len(alive), dtype=np.float32)
-            if len(nd.pairs):
-                np.maximum.at(best, nd.pairs[:, 0], nd.similarity)
-                np.maximum.at(best, nd.pairs[:, 1], nd.similarity)
-            for j in np.flatnonzero(nd.groups != np.arange(len(alive))):
-                i, rep = int(alive[j]), int(alive[nd.groups[j]])
-                detail = {"of_line": lines[rep], "similarity": round(float(best[j]), 3)}
-                if label_col is not None and _label_key(out[i].get(label_col)) != _label_key(out[rep].get(label_col)):
-                    detail["label_differs"] = True
-                removed[i] = ("near_duplicate", detail)
-            near_info = {"threshold": opt.near_dup_threshold, "bands": nd.bands, "rows_per_band": nd.rows,
-                         "pairs": int(len(nd.pairs))}  # fmt: skip
-        seconds["near_dedup"] = time.perf_counter() - t
 
-    domain_info: dict[str, Any] = {}
-    if opt.domain_reference is not None:
-        t = time.perf_counter()
-        alive_idx = [i for i in range(n) if i not in removed]
-        scores = domain_scores([texts[i] for i in alive_idx], opt.domain_reference, opt.embed, opt.domain_top_k)
-        for i, s in zip(alive_idx, scores):
-            if s < opt.domain_threshold:
-                removed[i] = ("off_domain", {"score": round(float(s), 4), "threshold": opt.domain_threshold})
-        if len(scores):
-            domain_info = {"threshold": opt.domain_threshold, "score_p10": float(np.percentile(scores, 10)),
-                           "score_p50": float(np.percentile(scores, 50)), "reference_rows": len(opt.domain_reference)}  # fmt: skip
-        seconds["off_domain"] = time.perf_counter() - t
+def _drop_exact_duplicates(work: _Work, by_key: dict[str, list[int]]) -> None:
+    """Keep the first remaining row of each same-text group, so each text is trained on once."""
+    for members in by_key.values():
+        keep = next((i for i in members if i not in work.removed), None)
+        for i in members:
+            if i != keep and i not in work.removed:
+                work.removed[i] = ("exact_duplicate", {"of_line": work.lines[keep]})
 
-    # report: removed rows with their reason, changed rows with what changed
+
+def _drop_near_duplicates(work: _Work, label_col: str | None, opt: CleanOptions) -> dict[str, Any]:
+    """Drop all but the first row of each MinHash/LSH cluster of near-identical texts; returns its stats."""
+    alive = np.array(work.alive(), dtype=np.int64)
+    if len(alive) <= 1:
+        return {}
+    nd = dedup.near_duplicates(
+        [work.texts[i] for i in alive], threshold=opt.near_dup_threshold,
+        num_perm=opt.num_perm, shingle_size=opt.shingle_size,
+    )  # fmt: skip
+    best = np.zeros(len(alive), dtype=np.float32)
+    if len(nd.pairs):
+        np.maximum.at(best, nd.pairs[:, 0], nd.similarity)
+        np.maximum.at(best, nd.pairs[:, 1], nd.similarity)
+    for j in np.flatnonzero(nd.groups != np.arange(len(alive))):
+        i, rep = int(alive[j]), int(alive[nd.groups[j]])
+        detail = {"of_line": work.lines[rep], "similarity": round(float(best[j]), 3)}
+        if label_col is not None and _label_key(work.out[i].get(label_col)) != _label_key(work.out[rep].get(label_col)):
+            detail["label_differs"] = True
+        work.removed[i] = ("near_duplicate", detail)
+    return {"threshold": opt.near_dup_threshold, "bands": nd.bands, "rows_per_band": nd.rows,
+            "pairs": int(len(nd.pairs))}  # fmt: skip
+
+
+def _drop_off_domain(work: _Work, opt: CleanOptions) -> dict[str, Any]:
+    """Drop rows whose embedding is far from the in-domain reference texts; returns score stats."""
+    alive_idx = work.alive()
+    scores = domain_scores([work.texts[i] for i in alive_idx], opt.domain_reference, opt.embed, opt.domain_top_k)
+    for i, s in zip(alive_idx, scores):
+        if s < opt.domain_threshold:
+            work.removed[i] = ("off_domain", {"score": round(float(s), 4), "threshold": opt.domain_threshold})
+    if not len(scores):
+        return {}
+    return {"threshold": opt.domain_threshold, "score_p10": float(np.percentile(scores, 10)),
+            "score_p50": float(np.percentile(scores, 50)), "reference_rows": len(opt.domain_reference)}  # fmt: skip
+
+
+def _report_entries(work: _Work, opt: CleanOptions) -> list[dict]:
+    """One report entry per removed row (reason, detail) and per kept row that was changed, in row order."""
     entries: list[dict] = []
-    for i in range(n):
-        if i in removed:
-            reason, detail = removed[i]
-            preview = texts[i][: opt.preview_chars]
-            entries.append({"line": lines[i], "action": "removed", "reason": reason, "detail": detail,
-                            "changes": changes[i], "preview": preview})  # fmt: skip
-        elif changes[i]:
-            kinds = sorted({"pii_redacted" if c.startswith("pii:") else "normalized" for c in changes[i]})
-            entries.append({"line": lines[i], "action": "changed", "reason": "+".join(kinds), "changes": changes[i]})
-    entries.extend(conflict_entries)
-    kept = [out[i] for i in range(n) if i not in removed]
-    changed_kept = Counter(e["reason"] for e in entries if e["action"] == "changed")
-    seconds["total"] = time.perf_counter() - t0
-    summary = {
+    for i in range(work.n):
+        if i in work.removed:
+            reason, detail = work.removed[i]
+            preview = work.texts[i][: opt.preview_chars]
+            entries.append({"line": work.lines[i], "action": "removed", "reason": reason, "detail": detail,
+                            "changes": work.changes[i], "preview": preview})  # fmt: skip
+        elif work.changes[i]:
+            kinds = sorted({"pii_redacted" if c.startswith("pii:") else "normalized" for c in work.changes[i]})
+            entries.append({"line": work.lines[i], "action": "changed", "reason": "+".join(kinds), "changes": work.changes[i]})
+    return entries
+
+
+def _summary(work: _Work, opt: CleanOptions, entries: list[dict], conflict_groups: int, text_cols: list[str],
+             label_col: str | None, near_info: dict, domain_info: dict, seconds: dict[str, float]) -> dict:  # fmt: skip
+    """The report's summary: counts per reason, step and type, the columns used, timings and options."""
+    n = work.n
+    return {
         "rows_in": n,
-        "rows_out": len(kept),
-        "removed": dict(Counter(r for r, _ in removed.values()).most_common()),
-        "changed_kept": dict(changed_kept),
-        "normalize_steps": dict(step_counts.most_common()),
-        "pii_rows": dict(pii_counts.most_common()),
-        "label_conflict_groups": len(conflict_entries),
+        "rows_out": n - len(work.removed),
+        "removed": dict(Counter(r for r, _ in work.removed.values()).most_common()),
+        "changed_kept": dict(Counter(e["reason"] for e in entries if e["action"] == "changed")),
+        "normalize_steps": dict(work.step_counts.most_common()),
+        "pii_rows": dict(work.pii_counts.most_common()),
+        "label_conflict_groups": conflict_groups,
         "text_columns": list(text_cols),
         "label_column": label_col,
         "near_duplicates": near_info,
@@ -320,7 +399,6 @@ def clean_rows(rows: Sequence[dict], options: CleanOptions | None = None, source
         "rows_per_second": round(n / seconds["total"], 1) if seconds["total"] > 0 else None,
         "options": {f.name: getattr(opt, f.name) for f in fields(opt) if f.name not in ("embed", "domain_reference", "progress")},
     }
-    return kept, CleanReport(entries, summary)
 
 
 # --- off-domain ----------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ import base64
 import html
 import io
 from collections import Counter
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -5,7 +5,7 @@ it, then `os.replace`s it over the destination (atomic on POSIX and Windows when
 one file system, which the same folder guarantees). If anything fails the temporary file is
 removed and the destination is left as it was.
 
-    >>> write_jsonl_atomic("out/clean.jsonl", [{"text": "안녕하세요", "label": 1}])  # doctest: +SKIP
+    write_jsonl_atomic("out/clean.jsonl", [{"text": "안녕하세요", "label": 1}])
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from tunelab.errors import TunelabError
 

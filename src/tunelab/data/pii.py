@@ -38,7 +38,8 @@ from __future__ import annotations
 import calendar
 import ipaddress
 import re
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 TYPES = ("EMAIL", "PHONE", "RRN", "CARD", "ACCOUNT", "IP")
 # on overlap the longer match wins; on equal length the earlier type here

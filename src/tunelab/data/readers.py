@@ -120,9 +120,8 @@ def _read_folders(path: Path, encoding: str) -> list[dict]:
 def read_rows(path, *, format: str = "auto", encoding: str = "utf-8", header: bool = True, columns=None, quoting: bool = True) -> list[dict]:
     """Read every row of a data file as a dict of its columns plus `_line`.
 
-    >>> rows = read_rows("spam.tsv", format="tsv", header=False, columns=["label", "text"], quoting=False)
-    >>> rows[0]            # doctest: +SKIP
-    {'label': 'ham', 'text': 'Go until jurong point...', '_line': 1}
+        rows = read_rows("spam.tsv", format="tsv", header=False, columns=["label", "text"], quoting=False)
+        rows[0]  # {'label': 'ham', 'text': 'Go until jurong point...', '_line': 1}
     """
     path = Path(path)
     if not path.exists():

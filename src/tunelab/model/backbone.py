@@ -2,12 +2,11 @@
 
 A backbone is the transformers base model (`AutoModel`: LlamaModel, GPT2Model, BertModel, ...),
 without any LM or task head. tunelab never subclasses it: the class head, pooling and LoRA are
-put around or into it (see classifier.py and trainable.py).
+put around or into it (see `tunelab.classify.model` and `tunelab.model.lora`).
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
@@ -44,26 +43,22 @@ def load_tokenizer(folder: str | Path):
     return tok
 
 
-def load_backbone(folder: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """`AutoModel.from_pretrained` on a local folder, quietly (unused LM-head weights are expected)."""
-    from transformers import AutoModel
+def load_backbone(folder: str | Path, dtype: torch.dtype = torch.float32, lm_head: bool = False) -> nn.Module:
+    """The one loader: `AutoModel` (a backbone for a class head) or, with `lm_head`,
+    `AutoModelForCausalLM` (SFT), from a local folder in `dtype` (fp32 by default, so
+    bf16-stored assets train in full precision), quietly (unused LM-head weights are expected)."""
+    from transformers import AutoModel, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     previous = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        return AutoModel.from_pretrained(str(folder), dtype=dtype)
+        return (AutoModelForCausalLM if lm_head else AutoModel).from_pretrained(str(folder), dtype=dtype)
     except (OSError, ValueError) as err:
-        raise TunelabError(f"{folder}: cannot load a transformers model ({err})") from None
+        what = "a causal language model" if lm_head else "a transformers model"
+        raise TunelabError(f"{folder}: cannot load {what} ({err})") from None
     finally:
         hf_logging.set_verbosity(previous)
-
-
-def backbone_from_config(config) -> nn.Module:
-    """A randomly initialised backbone of the given transformers config (tests, GPU benchmarks)."""
-    from transformers import AutoModel
-
-    return AutoModel.from_config(config)
 
 
 def transformer_blocks(backbone: nn.Module) -> nn.ModuleList:
@@ -96,7 +91,3 @@ def set_causal(backbone: nn.Module, causal: bool) -> None:
     for module in backbone.modules():
         if hasattr(module, "is_causal") and isinstance(module.is_causal, bool):
             module.is_causal = causal
-
-
-def silence_transformers_warnings() -> None:
-    logging.getLogger("transformers").setLevel(logging.ERROR)

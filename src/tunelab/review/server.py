@@ -54,7 +54,7 @@ class ReviewServer:
     def url(self) -> str:
         return f"http://{HOST}:{self.port}/?token={self.token}"
 
-    def start(self) -> "ReviewServer":
+    def start(self) -> ReviewServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._thread.start()
         return self
@@ -131,7 +131,7 @@ def _handler(server: ReviewServer):
             return int(tail) if tail.isdigit() else None
 
         # --- routes --------------------------------------------------------------------------
-        def do_GET(self):  # noqa: N802 (http.server's naming)
+        def do_GET(self):
             gate = self._gate()
             if gate is None:
                 return
@@ -160,7 +160,7 @@ def _handler(server: ReviewServer):
 
         do_HEAD = do_GET
 
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             gate = self._gate()
             if gate is None:
                 return

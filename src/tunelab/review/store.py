@@ -37,7 +37,7 @@ EDITABLE = ("question", "answer", "context", "instruction", "input", "output", "
 class Conflict(Exception):
     """A save started from an old version; `current` is the item as it is now."""
 
-    def __init__(self, current: "Item"):
+    def __init__(self, current: Item):
         super().__init__(f"item {current.id} is at version {current.version}")
         self.current = current
 

@@ -42,9 +42,9 @@ class SftSplits:
 
 def read_sft_rows(spec: str, data_cfg) -> tuple[list[dict], str]:
     """Rows of a file or dataset asset, with `_line`; (rows, display name)."""
-    from tunelab.data.classification import read_source
+    from tunelab.assets.resolve import read_data_spec
 
-    rows, _, _, name = read_source(spec, data_cfg)  # text/label columns do not apply to SFT
+    rows, _, _, name = read_data_spec(spec, data_cfg)  # text/label columns do not apply to SFT
     return rows, name
 
 
@@ -88,7 +88,7 @@ def split_items(items: list[Item], validation: float, test: float, seed: int,
     every row has `lang` each split keeps the language mix (stratified)."""
     import numpy as np
 
-    from tunelab.data.groups_split import assign_groups
+    from tunelab.data.split import assign_groups
 
     if not items:
         return [], [], []
@@ -105,19 +105,39 @@ def split_items(items: list[Item], validation: float, test: float, seed: int,
     return parts[0], parts[1], parts[2]
 
 
-def load_sft_splits(data_cfg, sft_cfg) -> SftSplits:
-    """Read, check and split the rows of a run as configured (no tokenizer needed)."""
-    skipped: Counter = Counter()
+def usable_items(data_cfg, sft_cfg, skipped: Counter) -> tuple[list[Item], dict]:
+    """The checked rows of data.train (after max_rows) and the start of the data report."""
     rows, name = read_sft_rows(data_cfg.train, data_cfg)
     items = to_items(rows, sft_cfg.format, name, data_cfg.bad_rows, skipped)
     if not items:
         raise TunelabError(f"{name}: no usable rows")
     report: dict = {"train_file": name, "rows_read": len(rows), "format": sft_cfg.format}
-    seed = data_cfg.split.seed
     if data_cfg.max_rows and len(items) > data_cfg.max_rows:
-        items = random.Random(seed).sample(items, data_cfg.max_rows)
+        items = random.Random(data_cfg.split.seed).sample(items, data_cfg.max_rows)
         items.sort(key=lambda it: str(it.row.get("_line")))  # an order independent of the draw
         report["max_rows"] = len(items)
+    return items, report
+
+
+def cv_rows(cfg):
+    """The usable rows of data.train for `tunelab cv` (see `tunelab.sweep.cv`): stratified by
+    language when every row has `lang`, grouped by `sft.split_by` when set."""
+    from tunelab.sweep.cv import CvRows
+
+    items, _ = usable_items(cfg.data, cfg.sft, Counter())
+    langs = [it.row.get("lang") for it in items]
+    labels = langs if all(isinstance(x, str) for x in langs) else None
+    key = cfg.sft.split_by
+    groups = [str(g) for g in group_ids(items, key)] if key else list(range(len(items)))
+    records = [{k: v for k, v in it.row.items() if k != "_line"} for it in items]
+    return CvRows(records, labels, groups, {}, stratum="language")
+
+
+def load_sft_splits(data_cfg, sft_cfg) -> SftSplits:
+    """Read, check and split the rows of a run as configured (no tokenizer needed)."""
+    skipped: Counter = Counter()
+    items, report = usable_items(data_cfg, sft_cfg, skipped)
+    name, seed = report["train_file"], data_cfg.split.seed
 
     given = {}
     for split_name in ("validation", "test"):

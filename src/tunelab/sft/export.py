@@ -21,13 +21,15 @@ Folders are written under a temporary name and renamed when complete.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.data.io_atomic import staged_dir
 from tunelab.errors import TunelabError
-from tunelab.sft.templates import TEMPLATE_FILE, hf_chat_template, load_template, save_template
+from tunelab.sft.templates import TEMPLATE_FILE, Template, TextTemplate, load_template, save_template
+from tunelab.sft.tokenize import special_prefix
 
 FORMAT_VERSION = 1
 META_FILE = "tunelab.json"
@@ -119,16 +121,15 @@ class SftModel:
 def load_sft(run: str | Path, device: str | None = None) -> SftModel:
     """Load RUN/model (or an exported folder) in fp32 with its saved template."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from tunelab.model.backbone import load_tokenizer
+    from tunelab.model.backbone import load_backbone, load_tokenizer
 
     folder = model_dir_of(run)
     meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
     if meta.get("task") != "sft":
         raise TunelabError(f"{folder}: a {meta.get('task', 'classification')} model, not an SFT one; use `tunelab predict` for classifiers")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(device).eval()
+    model = load_backbone(folder, lm_head=True).to(device).eval()
     return SftModel(model, load_tokenizer(folder), load_template(folder), meta, folder)
 
 
@@ -147,3 +148,68 @@ def export_run(run: str | Path, out_dir: str | Path, force: bool = False) -> Pat
         if adapter is not None and (adapter / "adapter_config.json").is_file() and not (tmp / "adapter").exists():
             shutil.copytree(adapter, tmp / "adapter")
     return out_dir
+
+
+# Fields a text template may use; an HF chat message carries them as extra keys
+# ({"role": "user", "question": ..., "context": ...}), since HF messages have no "fields".
+FIELD_NAMES = ("instruction", "input", "question", "context", "lang", "prompt")
+
+
+def _keep_whitespace(source: str) -> str:
+    # HF compiles chat templates with trim_blocks and lstrip_blocks, which would eat the
+    # newline after "{% endif %}" in ours; "{%+ ... +%}" turns both off for each tag.
+    source = re.sub(r"\{%(?![+-])", "{%+", source)
+    return re.sub(r"(?<![+-])%\}", "+%}", source)
+
+
+def _set_fields(message: str) -> str:
+    """Jinja that binds content/turn and each known field present on `message`."""
+    sets = "".join(f"{{% if {message}['{f}'] is defined %}}{{% set {f} = {message}['{f}'] %}}{{% endif %}}"
+                   for f in FIELD_NAMES)
+    return f"{{% set turn = ns.turn %}}{sets}"
+
+
+def _text_as_hf(t: TextTemplate, bos: bool) -> str:
+    """A TextTemplate as an HF chat template: same text, EOS after each answer."""
+    return (
+        "{% set ns = namespace(turn=0) %}"
+        f"{{% if messages[0]['role'] == 'system' %}}{{% set system = messages[0]['content'] %}}"
+        f"{{% else %}}{{% set system = {json.dumps(t.system, ensure_ascii=False)} %}}{{% endif %}}"
+        + ("{{ bos_token }}" if bos else "")
+        + "{% for m in messages %}{% if m['role'] == 'user' %}"
+        + _set_fields("m") + "{% set content = m['content'] %}" + t.prompt
+        + "{% elif m['role'] == 'assistant' %}"
+        + _set_fields("messages[loop.index0 - 1]") + "{% set content = m['content'] %}"
+        + t.response + "{{ eos_token }}{% set ns.turn = ns.turn + 1 %}"
+        + "{% endif %}{% endfor %}"
+    )
+
+
+def hf_chat_template(template: Template, tokenizer) -> str:
+    """An HF chat template (Jinja) that renders as `template` does, for an exported model.
+
+    `tokenizer.apply_chat_template(messages, add_generation_prompt=True)` then gives the
+    prompt text tunelab builds (for text templates the prompt already ends with the answer
+    header, so add_generation_prompt changes nothing). For docqa, user messages carry
+    `question` and `context` keys. The ids can still differ from tunelab's where a whole
+    string tokenises differently from its segments (an answer starting mid-word).
+    """
+    if isinstance(template, TextTemplate):
+        return _keep_whitespace(_text_as_hf(template, bos=bool(special_prefix(tokenizer))))
+    head = ""
+    if template.user_template is not None:
+        u = template.user_template
+        head += _keep_whitespace(
+            "{% set ns = namespace(turn=0, msgs=[]) %}{% for m in messages %}"
+            "{% if m['role'] == 'user' %}" + _set_fields("m") + "{% set content = m['content'] %}"
+            f"{{% set system = {json.dumps(u.system, ensure_ascii=False)} %}}"
+            "{% set rendered %}" + u.prompt + "{% endset %}"
+            "{% set ns.msgs = ns.msgs + [{'role': 'user', 'content': rendered.rstrip('\\n')}] %}"
+            "{% else %}{% set ns.msgs = ns.msgs + [m] %}{% endif %}{% endfor %}"
+            "{% set messages = ns.msgs %}"
+        )
+    if template.system is not None:
+        system = json.dumps(template.system, ensure_ascii=False)
+        head += ("{%+ if messages[0]['role'] != 'system' +%}{%+ set messages = "
+                 f"[{{'role': 'system', 'content': {system}}}] + messages +%}}{{%+ endif +%}}")
+    return head + template.chat_template

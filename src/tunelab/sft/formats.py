@@ -148,9 +148,9 @@ def row_to_messages(
     With `require_answer=False` (inference) the answer field may be absent, and any answer
     present is left out, so the messages end with the user turn.
 
-    >>> row_to_messages({"prompt": "2+2=", "completion": "4", "_line": 3})
-    [{'role': 'user', 'content': '2+2=', 'fields': {'prompt': '2+2='}},
-     {'role': 'assistant', 'content': '4'}]
+    >>> user, answer = row_to_messages({"prompt": "2+2=", "completion": "4", "_line": 3})
+    >>> user, answer
+    ({'role': 'user', 'content': '2+2=', 'fields': {'prompt': '2+2='}}, {'role': 'assistant', 'content': '4'})
     """
     if fmt == "auto":
         fmt = detect_format(row, source)

@@ -142,3 +142,19 @@ def generate(
     finally:
         model.train(was_training)
     return out
+
+
+def decoding_settings(saved: dict | None, **given) -> dict:
+    """The one source of decoding settings: the config's `sft.generation` defaults, a run's saved
+    settings over them, and the values given here (None = not given) on top.
+
+    >>> s = decoding_settings({"max_new_tokens": 32}, temperature=None, do_sample=True)
+    >>> s["max_new_tokens"], s["do_sample"], s["temperature"], s["top_p"]
+    (32, True, 1.0, 1.0)
+    """
+    from tunelab.config import GenerationSection
+
+    settings = GenerationSection().model_dump()
+    settings.update(saved or {})
+    settings.update({k: v for k, v in given.items() if v is not None})
+    return settings

@@ -14,25 +14,23 @@ model, so training and serving see identical prompt ids.
 
 Templates serialise to JSON with their full text (`save_template`, `load_template`), so a run
 folder renders prompts exactly as in training even if the built-in wording changes later.
-`hf_chat_template` writes any template as an HF chat template, for exported model folders.
+`tunelab.sft.export.hf_chat_template` writes any template as an HF chat template, for exported folders.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
+from tunelab.data.refusals import REFUSAL_EN, REFUSAL_KO
 from tunelab.errors import TunelabError
 
 TEMPLATE_FILE = "sft_template.json"  # name of the saved template inside a run folder
-REFUSAL_KO = "답변을 찾을 수 없습니다."
-REFUSAL_EN = "The answer cannot be found."
 
 ALPACA_SYSTEM = (
     "Below is an instruction that describes a task. "
@@ -361,70 +359,3 @@ def load_template(path: str | Path) -> Template:
     except json.JSONDecodeError as e:
         raise TunelabError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from e
     return template_from_dict(data)
-
-
-# Fields a text template may use; an HF chat message carries them as extra keys
-# ({"role": "user", "question": ..., "context": ...}), since HF messages have no "fields".
-FIELD_NAMES = ("instruction", "input", "question", "context", "lang", "prompt")
-
-
-def _keep_whitespace(source: str) -> str:
-    # HF compiles chat templates with trim_blocks and lstrip_blocks, which would eat the
-    # newline after "{% endif %}" in ours; "{%+ ... +%}" turns both off for each tag.
-    source = re.sub(r"\{%(?![+-])", "{%+", source)
-    return re.sub(r"(?<![+-])%\}", "+%}", source)
-
-
-def _set_fields(message: str) -> str:
-    """Jinja that binds content/turn and each known field present on `message`."""
-    sets = "".join(f"{{% if {message}['{f}'] is defined %}}{{% set {f} = {message}['{f}'] %}}{{% endif %}}"
-                   for f in FIELD_NAMES)
-    return f"{{% set turn = ns.turn %}}{sets}"
-
-
-def _text_as_hf(t: TextTemplate, bos: bool) -> str:
-    """A TextTemplate as an HF chat template: same text, EOS after each answer."""
-    return (
-        "{% set ns = namespace(turn=0) %}"
-        f"{{% if messages[0]['role'] == 'system' %}}{{% set system = messages[0]['content'] %}}"
-        f"{{% else %}}{{% set system = {json.dumps(t.system, ensure_ascii=False)} %}}{{% endif %}}"
-        + ("{{ bos_token }}" if bos else "")
-        + "{% for m in messages %}{% if m['role'] == 'user' %}"
-        + _set_fields("m") + "{% set content = m['content'] %}" + t.prompt
-        + "{% elif m['role'] == 'assistant' %}"
-        + _set_fields("messages[loop.index0 - 1]") + "{% set content = m['content'] %}"
-        + t.response + "{{ eos_token }}{% set ns.turn = ns.turn + 1 %}"
-        + "{% endif %}{% endfor %}"
-    )
-
-
-def hf_chat_template(template: Template, tokenizer) -> str:
-    """An HF chat template (Jinja) that renders as `template` does, for an exported model.
-
-    `tokenizer.apply_chat_template(messages, add_generation_prompt=True)` then gives the
-    prompt text tunelab builds (for text templates the prompt already ends with the answer
-    header, so add_generation_prompt changes nothing). For docqa, user messages carry
-    `question` and `context` keys. The ids can still differ from tunelab's where a whole
-    string tokenises differently from its segments (an answer starting mid-word).
-    """
-    from tunelab.sft.tokenize import special_prefix  # tokenize imports this module
-
-    if isinstance(template, TextTemplate):
-        return _keep_whitespace(_text_as_hf(template, bos=bool(special_prefix(tokenizer))))
-    head = ""
-    if template.user_template is not None:
-        u = template.user_template
-        head += _keep_whitespace(
-            "{% set ns = namespace(turn=0, msgs=[]) %}{% for m in messages %}"
-            "{% if m['role'] == 'user' %}" + _set_fields("m") + "{% set content = m['content'] %}"
-            f"{{% set system = {json.dumps(u.system, ensure_ascii=False)} %}}"
-            "{% set rendered %}" + u.prompt + "{% endset %}"
-            "{% set ns.msgs = ns.msgs + [{'role': 'user', 'content': rendered.rstrip('\\n')}] %}"
-            "{% else %}{% set ns.msgs = ns.msgs + [m] %}{% endif %}{% endfor %}"
-            "{% set messages = ns.msgs %}"
-        )
-    if template.system is not None:
-        system = json.dumps(template.system, ensure_ascii=False)
-        head += ("{%+ if messages[0]['role'] != 'system' +%}{%+ set messages = "
-                 f"[{{'role': 'system', 'content': {system}}}] + messages +%}}{{%+ endif +%}}")
-    return head + template.chat_template

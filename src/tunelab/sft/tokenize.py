@@ -26,8 +26,7 @@ class TooLongError(TunelabError):
 def encode(tokenizer, text: str) -> list[int]:
     """Token ids of a text, without BOS/EOS; special-token strings in it map to their ids.
 
-    >>> encode(tok, "")  # doctest: +SKIP
-    []
+        encode(tok, "")  # []
     """
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
@@ -35,8 +34,7 @@ def encode(tokenizer, text: str) -> list[int]:
 def special_prefix(tokenizer) -> list[int]:
     """Ids the tokenizer puts before a text by itself (e.g. Llama/Gemma BOS), else [].
 
-    >>> special_prefix(gpt2_like_tokenizer)  # doctest: +SKIP
-    []
+        special_prefix(llama_tokenizer)  # [1]: the BOS id; [] for GPT-2 style tokenizers
     """
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a")["input_ids"]
@@ -64,8 +62,8 @@ def encode_segments(
 ) -> tuple[list[int], list[int]]:
     """Concatenate per-segment token ids; a response gets EOS appended when its segment says so.
 
-    >>> encode_segments([Segment("Q: hi\\nA: ", "yo")], tok)  # doctest: +SKIP
-    ([..prompt ids.., ..'yo' ids.., eos], [-100, ..., ..'yo' ids.., eos])
+        encode_segments([Segment("Q: hi\\nA: ", "yo")], tok)
+        # ([..prompt ids.., ..'yo' ids.., eos], [-100, ..., ..'yo' ids.., eos])
     """
     ids, labels = list(prefix), [IGNORE] * len(prefix)
     for seg in segments:
@@ -122,8 +120,7 @@ def cut_text(tokenizer, text: str, n_tokens: int) -> str:
     Uses offsets rather than decoding ids, so a Korean syllable split over several byte-level
     tokens is never left half (no U+FFFD), and the kept text is exactly the original's start.
 
-    >>> cut_text(tok, "서울 부산", 2)  # doctest: +SKIP
-    '서울'
+        cut_text(tok, "서울 부산", 2)  # '서울'
     """
     if n_tokens <= 0:
         return ""

@@ -14,18 +14,19 @@ import json
 import math
 from pathlib import Path
 
-SPLIT_METRICS = [f"{split}_{m}" for split in ("train", "validation", "test") for m in ("accuracy", "macro_f1")]
+SCORES = ("accuracy", "macro_f1", "loss")  # classification has all three; SFT has loss
+SPLIT_METRICS = [f"{split}_{m}" for split in ("train", "validation", "test") for m in SCORES]
 RUN_SCALARS = ["trainable_params", "total_params", "train_seconds", "peak_memory_mb", "train_tokens_per_second", "steps", "best_step"]
 CELL_KEYS = ["group", "dataset", "variant", "cell", "question"]
 
 
 def run_row(run, summary: dict) -> dict:
-    """One flat row per run: cell identity, seed, the six split metrics and the run's costs."""
+    """One flat row per run: cell identity, seed, the split scores and the run's costs."""
     row = {"group": run.cell.group, "dataset": run.cell.dataset, "variant": run.cell.variant, "cell": run.cell.slug,
            "question": run.cell.question or "", "seed": run.seed}
     for split in ("train", "validation", "test"):
         scores = summary.get(split) or {}
-        for m in ("accuracy", "macro_f1"):
+        for m in SCORES:
             row[f"{split}_{m}"] = scores.get(m)
     for key in RUN_SCALARS:
         row[key] = summary.get(key)

@@ -112,14 +112,14 @@ class Run:
     config: dict  # the resolved config (every default filled in), output_dir = folder
     hash: str
     fingerprint: dict = field(default_factory=dict)  # extra inputs that define the run (e.g. fold data digest)
-    alias_of: Optional["Run"] = None  # the same config already runs under another cell
+    alias_of: Optional[Run] = None  # the same config already runs under another cell
 
     @property
     def label(self) -> str:
         return f"{self.cell.slug} seed {self.seed}"
 
     @property
-    def home(self) -> "Run":
+    def home(self) -> Run:
         return self.alias_of or self
 
 
@@ -273,95 +273,164 @@ def _grid_names(grid: dict[str, list]) -> dict[str, str]:
     return {k: (s if last.count(s) == 1 else k) for k, s in zip(grid, last)}
 
 
-def expand(spec: SweepSpec, path: Path, lines: dict) -> list[Cell]:
-    """The cells of a sweep, in file order; checks every dotted key (with its line)."""
-    root = path.parent
-    errors: list[str] = []
+@dataclass
+class _Checker:
+    """Checks dotted keys against the run config, collecting every error with its sweep-file line."""
 
-    def checked(overrides: dict, where: tuple) -> Overrides:
+    path: Path
+    lines: dict
+    errors: list[str] = field(default_factory=list)
+
+    def line(self, where: tuple) -> Optional[int]:
+        """Line of `where` in the sweep file (or of its closest enclosing key)."""
+        return _line(self.lines, where)
+
+    def error(self, where: tuple, msg: str) -> None:
+        """Record `msg` at the sweep-file line of `where`."""
+        self.errors.append(f"{self.path}:{self.line(where)}: {msg}")
+
+    def checked(self, overrides: dict, where: tuple) -> Overrides:
+        """The overrides at `where` flattened; records every key the run config does not have."""
         flat = flatten(overrides)
         for key in flat:
             msg = check_key(key)
             if msg:
-                line = _line(lines, where + (key,)) or _line(lines, where + (key.split(".")[0],)) or _line(lines, where)
-                errors.append(f"{path}:{line}: {'.'.join(where)}: {msg}")
+                line = self.line(where + (key,)) or self.line(where + (key.split(".")[0],)) or self.line(where)
+                self.errors.append(f"{self.path}:{line}: {'.'.join(where)}: {msg}")
         return flat
 
-    def key_lines(where: tuple, overrides: dict) -> dict[str, int]:
-        return {k: _line(lines, where + (k,)) or _line(lines, where) or 1 for k in flatten(overrides)}
+    def key_lines(self, where: tuple, overrides: dict) -> dict[str, int]:
+        """Sweep-file line of each flattened key at `where` (else of `where` itself, else 1)."""
+        return {k: self.line(where + (k,)) or self.line(where) or 1 for k in flatten(overrides)}
 
-    top = checked(spec.overrides, ("overrides",))
-    top_datasets = {name: checked(o, ("datasets", name)) for name, o in (spec.datasets or {}).items()}
+
+def expand(spec: SweepSpec, path: Path, lines: dict) -> list[Cell]:
+    """The cells of a sweep, in file order; checks every dotted key (with its line)."""
+    chk = _Checker(path, lines)
+    top, top_datasets = _check_top(spec, chk)
+    cells: list[Cell] = []
+    for gname, group in _groups(spec).items():
+        cells += _expand_group(spec, gname, group, top, top_datasets, chk)
+    _check_unique_slugs(cells, chk)
+    if chk.errors:
+        raise TunelabError("invalid sweep file:\n  " + "\n  ".join(dict.fromkeys(chk.errors)))
+    return cells
+
+
+def _check_top(spec: SweepSpec, chk: _Checker) -> tuple[Overrides, dict[str, Overrides]]:
+    """Check the sweep-wide overrides, datasets and seed keys; returns the overrides and datasets flattened."""
+    top = chk.checked(spec.overrides, ("overrides",))
+    top_datasets = {name: chk.checked(o, ("datasets", name)) for name, o in (spec.datasets or {}).items()}
     for key in spec.seed_keys:
         if (msg := check_key(key)):
-            errors.append(f"{path}:{_line(lines, ('seed_keys',))}: seed_keys: {msg}")
+            chk.error(("seed_keys",), f"seed_keys: {msg}")
+    return top, top_datasets
 
-    groups = spec.groups or {"": GroupSpec(question=spec.question, variants=spec.variants, grid=spec.grid)}
+
+def _groups(spec: SweepSpec) -> dict[str, GroupSpec]:
+    """The named groups, or the top-level grid/variants/question as one unnamed group."""
+    return spec.groups or {"": GroupSpec(question=spec.question, variants=spec.variants, grid=spec.grid)}
+
+
+def _expand_group(spec: SweepSpec, gname: str, group: GroupSpec, top: Overrides, top_datasets: dict[str, Overrides],
+                  chk: _Checker) -> list[Cell]:  # fmt: skip
+    """The cells of one group (datasets x variants x grid, less the excluded ones); checks its keys."""
+    gpath = ("groups", gname) if spec.groups else ()
+    base = _group_base(spec, group, gpath, chk)
+    datasets = _group_datasets(group, gpath, top_datasets, chk)
+    gover = chk.checked(group.overrides, gpath + ("overrides",))
+    variants = {v: chk.checked(o, gpath + ("variants", v)) for v, o in (group.variants or {}).items()} or {"": {}}
+    combos, names = _group_grid(group, gpath, chk)
     cells: list[Cell] = []
-    for gname, group in groups.items():
-        gpath = ("groups", gname) if spec.groups else ()
-        base = root / (group.base or spec.base)
-        if not base.is_file():
-            errors.append(f"{path}:{_line(lines, gpath + ('base',)) or _line(lines, ('base',))}: base config not found: {base}")
-        if isinstance(group.datasets, list):
-            unknown = [d for d in group.datasets if d not in top_datasets]
-            if unknown:
-                close = difflib.get_close_matches(unknown[0], list(top_datasets), n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else f" (defined: {', '.join(top_datasets) or 'none'})"
-                errors.append(f"{path}:{_line(lines, gpath + ('datasets',))}: unknown dataset '{unknown[0]}'{hint}")
-            datasets = {d: top_datasets[d] for d in group.datasets if d in top_datasets}
-        elif isinstance(group.datasets, dict):
-            datasets = {d: checked(o, gpath + ("datasets", d)) for d, o in group.datasets.items()}
-        else:
-            datasets = top_datasets
-        gover = checked(group.overrides, gpath + ("overrides",))
-        variants = {v: checked(o, gpath + ("variants", v)) for v, o in (group.variants or {}).items()} or {"": {}}
-        grid = {k: v for k, v in (group.grid or {}).items()}
-        for key, values in grid.items():
-            if (msg := check_key(key)):
-                errors.append(f"{path}:{_line(lines, gpath + ('grid', key))}: grid: {msg}")
-            if not values:
-                errors.append(f"{path}:{_line(lines, gpath + ('grid', key))}: grid '{key}' has no values")
-        names = _grid_names(grid)
-        combos = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
-        excluded: set[str] = set()
-        for dname, dover in (datasets or {"": {}}).items():
-            for vname, vover in variants.items():
-                for combo in combos:
-                    combo = {k: _number(v) for k, v in combo.items()}
-                    gridname = "_".join(f"{names[k]}-{v}" for k, v in combo.items())
-                    variant = slugify("_".join(p for p in (vname, gridname) if p)) if (vname or gridname) else "base"
-                    short = "--".join(p for p in (slugify(dname) if dname else "", variant) if p)
-                    hits = [p for p in group.exclude or [] if fnmatch.fnmatchcase(short, p)]
-                    if hits:
-                        excluded.update(hits)
-                        continue
-                    klines = {**key_lines(("overrides",), spec.overrides), **key_lines(gpath + ("overrides",), group.overrides)}
-                    if dname:
-                        klines.update(key_lines((gpath if isinstance(group.datasets, dict) else ()) + ("datasets", dname), (group.datasets if isinstance(group.datasets, dict) else spec.datasets)[dname]))
-                    if vname:
-                        klines.update(key_lines(gpath + ("variants", vname), group.variants[vname]))
-                    klines.update({k: _line(lines, gpath + ("grid", k)) or 1 for k in combo})
-                    cells.append(Cell(
-                        group=slugify(gname) if gname else "",
-                        dataset=slugify(dname) if dname else "",
-                        variant=variant,
-                        base=base,
-                        overrides={**top, **dover, **gover, **vover, **combo},
-                        seeds=list(group.seeds or spec.seeds),
-                        question=group.question,
-                        lines=klines,
-                    ))
-        for pattern in set(group.exclude or []) - excluded:
-            errors.append(f"{path}:{_line(lines, gpath + ('exclude',))}: exclude '{pattern}' matches no cell of group '{gname}' (cells are named dataset--variant)")
+    excluded: set[str] = set()
+    every = itertools.product((datasets or {"": {}}).items(), variants.items(), combos)
+    for (dname, dover), (vname, vover), combo in every:
+        variant, short = _cell_name(dname, vname, combo, names)
+        hits = [p for p in group.exclude or [] if fnmatch.fnmatchcase(short, p)]
+        if hits:
+            excluded.update(hits)
+            continue
+        cells.append(Cell(
+            group=slugify(gname) if gname else "",
+            dataset=slugify(dname) if dname else "",
+            variant=variant,
+            base=base,
+            overrides={**top, **dover, **gover, **vover, **combo},
+            seeds=list(group.seeds or spec.seeds),
+            question=group.question,
+            lines=_cell_lines(spec, group, gpath, dname, vname, combo, chk),
+        ))
+    for pattern in set(group.exclude or []) - excluded:
+        chk.error(gpath + ("exclude",),
+                  f"exclude '{pattern}' matches no cell of group '{gname}' (cells are named dataset--variant)")
+    return cells
+
+
+def _group_base(spec: SweepSpec, group: GroupSpec, gpath: tuple, chk: _Checker) -> Path:
+    """The group's base config (its own or the sweep's, relative to the sweep file); records it if missing."""
+    base = chk.path.parent / (group.base or spec.base)
+    if not base.is_file():
+        line = chk.line(gpath + ("base",)) or chk.line(("base",))
+        chk.errors.append(f"{chk.path}:{line}: base config not found: {base}")
+    return base
+
+
+def _group_datasets(group: GroupSpec, gpath: tuple, top_datasets: dict[str, Overrides],
+                    chk: _Checker) -> dict[str, Overrides]:  # fmt: skip
+    """The group's datasets: top-level ones by name, its own mapping (checked), or all the top-level ones."""
+    if isinstance(group.datasets, list):
+        unknown = [d for d in group.datasets if d not in top_datasets]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], list(top_datasets), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (defined: {', '.join(top_datasets) or 'none'})"
+            chk.error(gpath + ("datasets",), f"unknown dataset '{unknown[0]}'{hint}")
+        return {d: top_datasets[d] for d in group.datasets if d in top_datasets}
+    if isinstance(group.datasets, dict):
+        return {d: chk.checked(o, gpath + ("datasets", d)) for d, o in group.datasets.items()}
+    return top_datasets
+
+
+def _group_grid(group: GroupSpec, gpath: tuple, chk: _Checker) -> tuple[list[Overrides], dict[str, str]]:
+    """Every combination of the group's grid values (as numbers where they are) and short key names; checks the grid."""
+    grid = {k: v for k, v in (group.grid or {}).items()}
+    for key, values in grid.items():
+        if (msg := check_key(key)):
+            chk.error(gpath + ("grid", key), f"grid: {msg}")
+        if not values:
+            chk.error(gpath + ("grid", key), f"grid '{key}' has no values")
+    combos = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else [{}]
+    return [{k: _number(v) for k, v in combo.items()} for combo in combos], _grid_names(grid)
+
+
+def _cell_name(dname: str, vname: str, combo: Overrides, names: dict[str, str]) -> tuple[str, str]:
+    """A cell's variant name (variant and grid values, or 'base') and the 'dataset--variant' name excludes match."""
+    gridname = "_".join(f"{names[k]}-{v}" for k, v in combo.items())
+    variant = slugify("_".join(p for p in (vname, gridname) if p)) if (vname or gridname) else "base"
+    short = "--".join(p for p in (slugify(dname) if dname else "", variant) if p)
+    return variant, short
+
+
+def _cell_lines(spec: SweepSpec, group: GroupSpec, gpath: tuple, dname: str, vname: str, combo: Overrides,
+                chk: _Checker) -> dict[str, int]:  # fmt: skip
+    """Sweep-file line of every override a cell gets, so a config error can point back at the sweep file."""
+    klines = {**chk.key_lines(("overrides",), spec.overrides), **chk.key_lines(gpath + ("overrides",), group.overrides)}
+    if dname:
+        own = isinstance(group.datasets, dict)
+        where = (gpath if own else ()) + ("datasets", dname)
+        klines.update(chk.key_lines(where, (group.datasets if own else spec.datasets)[dname]))
+    if vname:
+        klines.update(chk.key_lines(gpath + ("variants", vname), group.variants[vname]))
+    klines.update({k: chk.line(gpath + ("grid", k)) or 1 for k in combo})
+    return klines
+
+
+def _check_unique_slugs(cells: list[Cell], chk: _Checker) -> None:
+    """Record every cell name used twice (their run folders would collide)."""
     seen: dict[str, Cell] = {}
     for c in cells:
         if c.slug in seen:
-            errors.append(f"{path}: two cells are both named '{c.slug}'; rename a variant or dataset")
+            chk.errors.append(f"{chk.path}: two cells are both named '{c.slug}'; rename a variant or dataset")
         seen[c.slug] = c
-    if errors:
-        raise TunelabError("invalid sweep file:\n  " + "\n  ".join(dict.fromkeys(errors)))
-    return cells
 
 
 def cell_config(cell: Cell, seed: int, seed_keys: list[str], cli_overrides: Overrides, folder: Path, source: str) -> dict:

@@ -32,7 +32,7 @@ def run_folder(folder: str | Path, threads: int | None = None, keep: str = "metr
     import torch
 
     from tunelab.config import validate_dict
-    from tunelab.train.run import train_classifier
+    from tunelab.tasks import recipe
 
     folder = Path(folder)
     cell = json.loads((folder / "cell.json").read_text(encoding="utf-8"))
@@ -43,7 +43,7 @@ def run_folder(folder: str | Path, threads: int | None = None, keep: str = "metr
     pid_file = folder / "worker.pid"
     pid_file.write_text(str(os.getpid()))
     try:
-        summary = train_classifier(cfg, resume=True, log=log)
+        summary = recipe(cfg.task)(cfg, resume=True, log=log)
         prune(folder, keep)
     finally:
         pid_file.unlink(missing_ok=True)

@@ -22,7 +22,7 @@ import random
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.data.io_atomic import write_json_atomic, write_jsonl_atomic
@@ -30,8 +30,16 @@ from tunelab.errors import TunelabError
 from tunelab.synth.cache import ReplyCache, cache_key
 from tunelab.synth.chunking import Chunk, chunk_text
 from tunelab.synth.documents import find_documents, read_document
-from tunelab.synth.filters import (duplicate_reasons, is_refusal, new_in_answer, parse_answer, parse_questions,
-                                   script_ok, shared_share, support)  # fmt: skip
+from tunelab.synth.filters import (
+    duplicate_reasons,
+    is_refusal,
+    new_in_answer,
+    parse_answer,
+    parse_questions,
+    script_ok,
+    shared_share,
+    support,
+)
 from tunelab.synth.prompts import SynthConfig, answer_messages, load_synth_config, question_messages
 from tunelab.synth.teachers import build_teacher
 
@@ -129,6 +137,42 @@ def unrelated_chunk(question: str, own: Chunk, chunks: list[Chunk], rng: random.
     return best if shared_share(question, best.text) <= max_overlap else None
 
 
+@dataclass
+class _Corpus:
+    """The documents read and the chunks taken from them."""
+
+    docs: list
+    empty: list[str]  # sources without text (skipped)
+    per_doc: list[list[Chunk]]  # chunks of each document that has any
+    chunks: list[Chunk]  # the chunks questions are asked about
+
+
+@dataclass
+class _Drops:
+    """Every dropped item: a count per reason and one row each for OUTPUT-stem.dropped.jsonl."""
+
+    counts: Counter = field(default_factory=Counter)
+    rows: list[dict] = field(default_factory=list)
+
+    def __call__(self, reason: str, item: Item | None = None, chunk: Chunk | None = None, text: str = "",
+                 answer=None) -> None:  # fmt: skip
+        """Record one drop: of a question item, or of reply `text` about `chunk`."""
+        self.counts[reason] += 1
+        c = item.chunk if item else chunk
+        self.rows.append({"reason": reason, "question": item.question if item else text, "answer": answer,
+                          "source": c.source, "chunk": c.index})  # fmt: skip
+
+
+@dataclass
+class _Asked:
+    """What a teacher stage gave: the items kept, the replies served from the cache, and its seconds."""
+
+    items: list[Item]
+    hits: int
+    seconds: float
+    parsed: int = 0  # questions found in the replies (question stage only)
+
+
 def synthesize(inputs: list[str], cfg: SynthConfig, output: str | Path, *, allow_remote: bool = False,
                teacher=None, cache_path: str | Path | None = None, max_chunks: int | None = None,
                progress: bool = True, log=print) -> dict:  # fmt: skip
@@ -136,6 +180,27 @@ def synthesize(inputs: list[str], cfg: SynthConfig, output: str | Path, *, allow
     t0 = time.perf_counter()
     output = Path(output)
     paths = side_paths(output)
+    corpus = _read_chunks(inputs, cfg, max_chunks, log)
+    teacher = teacher or build_teacher(cfg.teacher, allow_remote=allow_remote)
+    _announce_remote(teacher, corpus, cfg, log)
+    cache = ReplyCache(cache_path or paths["cache"])
+    drop = _Drops()
+    try:
+        questions = _ask_questions(teacher, corpus.chunks, cfg, cache, drop, progress)
+        answers = _ask_answers(teacher, questions.items, cfg, cache, drop, progress)
+    finally:
+        cache.close()
+    unanswerable = _unanswerable_rows(answers.items, corpus.chunks, cfg, teacher.id, drop)
+    rows = [_row(it, it.chunk, it.answer, True, cfg, teacher.id) for it in answers.items] + unanswerable
+    write_jsonl_atomic(output, rows)
+    write_jsonl_atomic(paths["dropped"], drop.rows)
+    report = _report(inputs, output, cfg, teacher, corpus, questions, answers, len(unanswerable), drop, t0)
+    write_json_atomic(paths["report"], report)
+    return report
+
+
+def _read_chunks(inputs: list[str], cfg: SynthConfig, max_chunks: int | None, log) -> _Corpus:
+    """Read and chunk the documents (noting those without text); stops when no chunk is left to ask about."""
     docs = [read_document(p) for p in find_documents(inputs)]
     empty = [d.source for d in docs if not d.text.strip()]
     for source in empty:
@@ -147,86 +212,108 @@ def synthesize(inputs: list[str], cfg: SynthConfig, output: str | Path, *, allow
     if not chunks:
         raise TunelabError(f"{', '.join(map(str, inputs))}: no chunk of at least {cfg.chunking.min_chars} characters "
                            "to write questions about")  # fmt: skip
+    return _Corpus(docs, empty, per_doc, chunks)
 
-    teacher = teacher or build_teacher(cfg.teacher, allow_remote=allow_remote)
-    if teacher.kind != "local":
-        chars = sum(len(c.text) for c in chunks)
-        log(f"remote teacher: sending {len(chunks)} chunks ({chars:,} characters of document text, from "
-            f"{len(per_doc)} documents) to {teacher.host} ({teacher.url}, model {teacher.cfg.model}): "
-            f"{len(chunks)} question requests, then up to {len(chunks) * cfg.questions.per_chunk} answer "
-            "requests, each carrying its chunk; replies already cached are not sent again")  # fmt: skip
-    cache = ReplyCache(cache_path or paths["cache"])
-    dropped: Counter = Counter()
-    dropped_rows: list[dict] = []
 
-    def drop(reason: str, item: Item | None = None, chunk: Chunk | None = None, text: str = "", answer=None) -> None:
-        dropped[reason] += 1
-        c = item.chunk if item else chunk
-        dropped_rows.append({"reason": reason, "question": item.question if item else text, "answer": answer,
-                             "source": c.source, "chunk": c.index})  # fmt: skip
+def _announce_remote(teacher, corpus: _Corpus, cfg: SynthConfig, log) -> None:
+    """Say what a remote teacher will be sent, before anything is sent."""
+    if teacher.kind == "local":
+        return
+    chunks = corpus.chunks
+    chars = sum(len(c.text) for c in chunks)
+    log(f"remote teacher: sending {len(chunks)} chunks ({chars:,} characters of document text, from "
+        f"{len(corpus.per_doc)} documents) to {teacher.host} ({teacher.url}, model {teacher.cfg.model}): "
+        f"{len(chunks)} question requests, then up to {len(chunks) * cfg.questions.per_chunk} answer "
+        "requests, each carrying its chunk; replies already cached are not sent again")  # fmt: skip
 
-    try:
-        # --- questions -------------------------------------------------------------------------
-        t1 = time.perf_counter()
-        q_replies, q_hits = run_requests(teacher, [question_messages(cfg, c.text) for c in chunks], cache,
-                                         cfg.prompt_version, "questions", progress)  # fmt: skip
-        q_seconds = time.perf_counter() - t1
-        f = cfg.filters
-        items: list[Item] = []
-        parsed = 0  # questions found in the replies (listed statements are dropped as not_a_question)
-        for chunk, reply in zip(chunks, q_replies):
-            rejected: list[str] = []
-            questions = parse_questions(reply, cfg.lang, rejected)
-            parsed += len(questions)
-            for text in rejected:
-                drop("not_a_question", chunk=chunk, text=text)
-            if not questions:
-                if not rejected:
-                    drop("unparsable_reply", chunk=chunk, text=reply[:300])
-                continue
-            for text in questions[cfg.questions.per_chunk:]:
-                drop("beyond_per_chunk", chunk=chunk, text=text)
-            for text in questions[: cfg.questions.per_chunk]:
-                item = Item(text, chunk)
-                if not f.min_question_chars <= len(text) <= f.max_question_chars:
-                    drop("question_length", item)
-                elif not script_ok(text, cfg.lang, f.min_script_share):
-                    drop("question_language", item)
-                else:
-                    items.append(item)
-        reasons = duplicate_reasons([it.question for it in items], f.near_dup_threshold)
-        for item, reason in zip(items, reasons):
-            if reason:
-                drop(reason, item)
-        items = [it for it, reason in zip(items, reasons) if not reason]
 
-        # --- answers ---------------------------------------------------------------------------
-        t2 = time.perf_counter()
-        a_replies, a_hits = run_requests(teacher, [answer_messages(cfg, it.chunk.text, it.question) for it in items],
-                                         cache, cfg.prompt_version, "answers", progress)  # fmt: skip
-        a_seconds = time.perf_counter() - t2
-        kept: list[Item] = []
-        for item, reply in zip(items, a_replies):
-            answer = parse_answer(reply)
-            if answer is None:
-                drop("answer_unparsable", item, answer=reply[:300])
-            elif is_refusal(answer, cfg.refusal_text):
-                drop("answer_refused", item, answer=answer)
-            elif not f.min_answer_chars <= len(answer) <= f.max_answer_chars:
-                drop("answer_length", item, answer=answer)
-            elif not script_ok(answer, cfg.lang, f.min_script_share, min_letters=8):
-                drop("answer_language", item, answer=answer)
-            elif not new_in_answer(answer, item.question):
-                drop("answer_repeats_question", item, answer=answer)
-            elif support(answer, item.chunk.text, item.question) < f.min_support:
-                drop("answer_unsupported", item, answer=answer)
+def _ask_questions(teacher, chunks: list[Chunk], cfg: SynthConfig, cache: ReplyCache, drop: _Drops,
+                   progress: bool) -> _Asked:  # fmt: skip
+    """Ask for questions about every chunk and keep the well-formed, distinct ones (before paying for answers)."""
+    t1 = time.perf_counter()
+    replies, hits = run_requests(teacher, [question_messages(cfg, c.text) for c in chunks], cache,
+                                 cfg.prompt_version, "questions", progress)  # fmt: skip
+    seconds = time.perf_counter() - t1
+    items, parsed = _parse_questions(chunks, replies, cfg, drop)
+    return _Asked(_drop_duplicates(items, cfg, drop), hits, seconds, parsed)
+
+
+def _parse_questions(chunks: list[Chunk], replies: list[str], cfg: SynthConfig, drop: _Drops) -> tuple[list[Item], int]:
+    """Questions from each reply (up to `per_chunk`, right length and language), and how many were found."""
+    f = cfg.filters
+    items: list[Item] = []
+    parsed = 0  # questions found in the replies (listed statements are dropped as not_a_question)
+    for chunk, reply in zip(chunks, replies):
+        rejected: list[str] = []
+        questions = parse_questions(reply, cfg.lang, rejected)
+        parsed += len(questions)
+        for text in rejected:
+            drop("not_a_question", chunk=chunk, text=text)
+        if not questions:
+            if not rejected:
+                drop("unparsable_reply", chunk=chunk, text=reply[:300])
+            continue
+        for text in questions[cfg.questions.per_chunk:]:
+            drop("beyond_per_chunk", chunk=chunk, text=text)
+        for text in questions[: cfg.questions.per_chunk]:
+            item = Item(text, chunk)
+            if not f.min_question_chars <= len(text) <= f.max_question_chars:
+                drop("question_length", item)
+            elif not script_ok(text, cfg.lang, f.min_script_share):
+                drop("question_language", item)
             else:
-                item.answer = answer
-                kept.append(item)
-    finally:
-        cache.close()
+                items.append(item)
+    return items, parsed
 
-    # --- unanswerable -----------------------------------------------------------------------------
+
+def _drop_duplicates(items: list[Item], cfg: SynthConfig, drop: _Drops) -> list[Item]:
+    """The items whose question does not repeat (or nearly repeat) an earlier one."""
+    reasons = duplicate_reasons([it.question for it in items], cfg.filters.near_dup_threshold)
+    for item, reason in zip(items, reasons):
+        if reason:
+            drop(reason, item)
+    return [it for it, reason in zip(items, reasons) if not reason]
+
+
+def _ask_answers(teacher, items: list[Item], cfg: SynthConfig, cache: ReplyCache, drop: _Drops,
+                 progress: bool) -> _Asked:  # fmt: skip
+    """Ask for an answer to each question from its chunk only, and keep the items whose answer passes the filters."""
+    t2 = time.perf_counter()
+    replies, hits = run_requests(teacher, [answer_messages(cfg, it.chunk.text, it.question) for it in items],
+                                 cache, cfg.prompt_version, "answers", progress)  # fmt: skip
+    seconds = time.perf_counter() - t2
+    kept: list[Item] = []
+    for item, reply in zip(items, replies):
+        answer = parse_answer(reply)
+        if answer is None:
+            drop("answer_unparsable", item, answer=reply[:300])
+        elif (reason := _answer_problem(answer, item, cfg)):
+            drop(reason, item, answer=answer)
+        else:
+            item.answer = answer
+            kept.append(item)
+    return _Asked(kept, hits, seconds)
+
+
+def _answer_problem(answer: str, item: Item, cfg: SynthConfig) -> str | None:
+    """Why a parsed answer is dropped (the first filter it fails), or None to keep it."""
+    f = cfg.filters
+    if is_refusal(answer, cfg.refusal_text):
+        return "answer_refused"
+    if not f.min_answer_chars <= len(answer) <= f.max_answer_chars:
+        return "answer_length"
+    if not script_ok(answer, cfg.lang, f.min_script_share, min_letters=8):
+        return "answer_language"
+    if not new_in_answer(answer, item.question):
+        return "answer_repeats_question"
+    if support(answer, item.chunk.text, item.question) < f.min_support:
+        return "answer_unsupported"
+    return None
+
+
+def _unanswerable_rows(kept: list[Item], chunks: list[Chunk], cfg: SynthConfig, teacher_id: str,
+                       drop: _Drops) -> list[dict]:  # fmt: skip
+    """Rows pairing a share of the kept questions with an unrelated chunk and the refusal as the answer."""
     rng = random.Random(cfg.seed)
     wanted = round(cfg.unanswerable.share * len(kept))
     unanswerable = []
@@ -235,23 +322,28 @@ def synthesize(inputs: list[str], cfg: SynthConfig, output: str | Path, *, allow
         if other is None:
             drop("unanswerable_no_unrelated_chunk", item)
             continue
-        unanswerable.append(_row(item, other, cfg.refusal_text, False, cfg, teacher.id))
-    rows = [_row(it, it.chunk, it.answer, True, cfg, teacher.id) for it in kept] + unanswerable
+        unanswerable.append(_row(item, other, cfg.refusal_text, False, cfg, teacher_id))
+    return unanswerable
 
-    write_jsonl_atomic(output, rows)
-    write_jsonl_atomic(paths["dropped"], dropped_rows)
-    fresh_q, fresh_a = len(chunks) - q_hits, len(items) - a_hits
-    report = {
-        "inputs": [str(p) for p in inputs], "output": str(output), "documents": len(docs),
-        "documents_without_text": empty, "chunks": len(chunks), "teacher": teacher.id,
+
+def _report(inputs: list[str], output: Path, cfg: SynthConfig, teacher, corpus: _Corpus, questions: _Asked,
+            answers: _Asked, n_unanswerable: int, drop: _Drops, t0: float) -> dict:  # fmt: skip
+    """The run's report: counts per stage and filter, pass rate, teacher requests, timings and rates."""
+    chunks, items, kept, parsed = corpus.chunks, questions.items, answers.items, questions.parsed
+    q_seconds, a_seconds = questions.seconds, answers.seconds
+    fresh_q, fresh_a = len(chunks) - questions.hits, len(items) - answers.hits
+    return {
+        "inputs": [str(p) for p in inputs], "output": str(output), "documents": len(corpus.docs),
+        "documents_without_text": corpus.empty, "chunks": len(chunks), "teacher": teacher.id,
         "prompt_version": cfg.prompt_version, "lang": cfg.lang,
         "questions": {"asked": len(chunks) * cfg.questions.per_chunk, "parsed": parsed,
                       "answered": len(items), "kept": len(kept)},
-        "dropped": dict(dropped),
-        "rows": {"answerable": len(kept), "unanswerable": len(unanswerable), "total": len(rows)},
+        "dropped": dict(drop.counts),
+        "rows": {"answerable": len(kept), "unanswerable": n_unanswerable, "total": len(kept) + n_unanswerable},
         # the share of the questions asked for that became answerable rows
         "pass_rate": round(len(kept) / (len(chunks) * cfg.questions.per_chunk), 4),
-        "teacher_requests": {"questions": len(chunks), "answers": len(items), "from_cache": q_hits + a_hits,
+        "teacher_requests": {"questions": len(chunks), "answers": len(items),
+                             "from_cache": questions.hits + answers.hits,
                              "http": getattr(teacher, "requests", None), "retried": getattr(teacher, "retried", None),
                              "prompts_truncated": getattr(teacher, "truncated", None)},
         "seconds": {"questions": round(q_seconds, 2), "answers": round(a_seconds, 2),
@@ -261,8 +353,6 @@ def synthesize(inputs: list[str], cfg: SynthConfig, output: str | Path, *, allow
         "rows_per_minute": round(len(kept) / (q_seconds + a_seconds) * 60, 2)
         if fresh_q == len(chunks) and fresh_a == len(items) and q_seconds + a_seconds else None,
     }  # fmt: skip
-    write_json_atomic(paths["report"], report)
-    return report
 
 
 def render_report(report: dict) -> str:

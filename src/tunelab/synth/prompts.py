@@ -25,8 +25,8 @@ from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunelab.config import apply_overrides, read_yaml
+from tunelab.data.refusals import REFUSAL_EN, REFUSAL_KO
 from tunelab.errors import TunelabError
-from tunelab.sft.templates import REFUSAL_EN, REFUSAL_KO
 
 REFUSALS = {"ko": REFUSAL_KO, "en": REFUSAL_EN}
 
@@ -48,7 +48,7 @@ class TeacherConfig(Section):
     seed: int = Field(0, description="Sampling seed (when temperature > 0).")
 
     @model_validator(mode="after")
-    def _remote_needs_model(self) -> "TeacherConfig":
+    def _remote_needs_model(self) -> TeacherConfig:
         if self.kind == "openai" and not self.model:
             raise ValueError("teacher.model: the model name is required for kind openai")
         return self
@@ -60,7 +60,7 @@ class ChunkingConfig(Section):
     min_chars: int = Field(80, ge=1, description="Shorter chunks are dropped (lone headings, page numbers).")
 
     @model_validator(mode="after")
-    def _overlap_fits(self) -> "ChunkingConfig":
+    def _overlap_fits(self) -> ChunkingConfig:
         if self.overlap >= self.max_chars // 2:
             raise ValueError("chunking.overlap must be less than half of chunking.max_chars")
         return self

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import random
-import socket
 import threading
 import time
 import urllib.error
@@ -105,14 +104,15 @@ class LocalTeacher:
     def load(self) -> None:
         if self._model is not None:
             return
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from tunelab.model.backbone import load_backbone
 
         self._tok = AutoTokenizer.from_pretrained(str(self.folder))
         self._tok.padding_side = "left"  # generation continues at the right end of every row
         if self._tok.pad_token is None:
             self._tok.pad_token = self._tok.eos_token
-        self._model = AutoModelForCausalLM.from_pretrained(str(self.folder), dtype=torch.float32)
+        self._model = load_backbone(self.folder, lm_head=True)
         self._model.eval()
 
     def render(self, messages: list[dict]) -> str:
@@ -200,7 +200,7 @@ class EndpointTeacher:
                             404: f"; is {BASE_URL_ENV} the base URL (ending in /v1)?"}.get(err.code, "")  # fmt: skip
                     raise TunelabError(f"teacher endpoint {self.url}: HTTP {err.code} {detail}{hint}") from None
                 last, retry_after = f"HTTP {err.code} {detail}", err.headers.get("Retry-After")
-            except (urllib.error.URLError, HTTPException, socket.timeout, TimeoutError, ConnectionError) as err:
+            except (urllib.error.URLError, HTTPException, TimeoutError, ConnectionError) as err:
                 last = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
             if attempt < self.cfg.retries:
                 self._sleep(self._backoff(attempt, retry_after))

@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -53,11 +54,20 @@ class LoopPlan:
         return self.micro_batch * self.accum
 
 
-def plan_steps(n_examples: int, train_cfg, padding: str) -> LoopPlan:
-    """Micro-batch, accumulation and step counts. `padding: none` means micro-batches of one
-    sequence, accumulated to the configured batch size."""
-    micro = 1 if padding == "none" else train_cfg.batch_size
-    accum = train_cfg.grad_accum * (train_cfg.batch_size if padding == "none" else 1)
+def plan_steps(n_examples: int, train_cfg, micro_batch: int | None = None) -> LoopPlan:
+    """Micro-batch, accumulation and step counts. A step holds batch_size x grad_accum examples;
+    `micro_batch` (a divisor of batch_size; default batch_size) is how many go through the model
+    at once, e.g. 1 for unpadded sequences, the rest accumulated.
+
+    >>> from types import SimpleNamespace as C
+    >>> p = plan_steps(100, C(batch_size=8, grad_accum=2, max_steps=None, epochs=3, warmup=0.1), micro_batch=1)
+    >>> p.micro_batch, p.accum, p.steps_per_epoch, p.total_steps, p.warmup
+    (1, 16, 7, 21, 2)
+    """
+    micro = micro_batch or train_cfg.batch_size
+    if train_cfg.batch_size % micro:
+        raise ValueError(f"micro_batch {micro} does not divide batch_size {train_cfg.batch_size}")
+    accum = train_cfg.grad_accum * (train_cfg.batch_size // micro)
     per_epoch = math.ceil(n_examples / (micro * accum))
     total = train_cfg.max_steps or max(1, math.ceil(train_cfg.epochs * per_epoch))
     return LoopPlan(n_examples, micro, accum, per_epoch, total, warmup_steps(train_cfg.warmup, total))
@@ -85,18 +95,13 @@ def epoch_order(epoch: int, plan: LoopPlan, seed: int, lengths: list[int] | None
     return steps
 
 
-def step_indices(step: int, plan: LoopPlan, seed: int, lengths: list[int] | None = None) -> list[int]:
-    """Example indices of optimizer step `step`; steps never cross an epoch boundary."""
-    epoch, within = divmod(step, plan.steps_per_epoch)
-    return epoch_order(epoch, plan, seed, lengths)[within]
-
-
 @dataclass
 class LoopResult:
     steps: int
     best: dict | None
     stopped_early: bool
     train_seconds: float
+    plan: LoopPlan
     history: list[dict] = field(default_factory=list)
 
 
@@ -113,7 +118,7 @@ def fit(
     objective: Objective,
     evaluate: Callable[[torch.nn.Module], dict] | None,
     train_cfg,
-    padding: str,
+    plan: LoopPlan,
     run_dir: Path,
     accelerator,
     resume: bool = False,
@@ -122,10 +127,10 @@ def fit(
 ) -> LoopResult:
     """Train `model` on `dataset` (a list of items `collate` understands) and keep the best
     checkpoint by the validation metric. Writes `metrics.jsonl` and `checkpoints/` in run_dir.
-    `lengths` (one per example) turns on batching by similar length."""
+    `plan` (from `plan_steps`) cuts the data into steps and micro-batches; `lengths` (one per
+    example) turns on batching by similar length."""
     from tqdm.auto import tqdm
 
-    plan = plan_steps(len(dataset), train_cfg, padding)
     log(f"plan: {plan.n_examples} examples, micro-batch {plan.micro_batch} x accumulation {plan.accum} = {plan.step_size} per step, "
         f"{plan.steps_per_epoch} steps/epoch, {plan.total_steps} steps, warmup {plan.warmup}")
     optimizer = make_optimizer(model, train_cfg.lr, train_cfg.weight_decay)
@@ -221,7 +226,7 @@ def fit(
     best = None
     if evaluate is not None:
         best = ckpt.load_best(ckpt_root, accelerator.unwrap_model(model))
-    return LoopResult(counters["step"], best, counters["stopped_early"], counters["train_seconds"], _read_metrics(metrics_path))
+    return LoopResult(counters["step"], best, counters["stopped_early"], counters["train_seconds"], plan, _read_metrics(metrics_path))
 
 
 class _null:

@@ -1,7 +1,8 @@
-"""Objectives: how a batch becomes a summed loss, and how many targets it holds.
+"""The classification objective: summed (optionally class-weighted) cross-entropy per sequence.
 
 The loop divides the summed loss of each micro-batch by the targets of the whole optimizer step,
-so the objectives return sums, never means.
+so objectives return sums, never means; `count` says how many targets (or how much weight) a
+batch holds.
 """
 
 from __future__ import annotations
@@ -32,20 +33,6 @@ class ClassificationObjective:
         logits = model(batch["input_ids"], batch["attention_mask"])  # (B, C)
         ce = F.cross_entropy(logits.float(), batch["labels"], reduction="none")  # (B,)
         return (ce * self._weights(batch["labels"])).sum()
-
-
-class SftObjective:
-    """Token cross-entropy on the answer tokens of a causal LM (`tunelab.sft.collate.sft_loss`);
-    `count` is the batch's target tokens, so an accumulated step is the mean over all of them."""
-
-    def count(self, batch: dict) -> float:
-        return float(batch["num_target_tokens"])
-
-    def __call__(self, model, batch: dict) -> torch.Tensor:
-        from tunelab.sft.collate import sft_loss
-
-        loss_sum, _ = sft_loss(model, batch)
-        return loss_sum
 
 
 def balanced_class_weights(label_ids: list[int], num_labels: int) -> torch.Tensor:

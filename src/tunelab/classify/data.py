@@ -12,9 +12,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from tunelab.data.readers import read_rows
+from tunelab.assets.resolve import read_data_spec
 from tunelab.errors import TunelabError
 
 
@@ -36,31 +35,6 @@ class Splits:
     def label_ids(self, examples: list[Example]) -> list[int]:
         index = {name: i for i, name in enumerate(self.labels)}
         return [index[e.label] for e in examples]
-
-
-def read_source(spec: str, data_cfg) -> tuple[list[dict], str, str, str]:
-    """Read a data spec (a path or asset:NAME) with the config's reader options.
-
-    Returns (rows, text_column, label_column, display_name). Options set in the config win over
-    the ones an asset declares.
-    """
-    options: dict = {}
-    path = Path(spec)
-    if spec.startswith("asset:"):
-        from tunelab.assets.resolve import resolve_dataset
-
-        path, options = resolve_dataset(spec)
-    pick = lambda key, default: getattr(data_cfg, key) if getattr(data_cfg, key) is not None else options.get(key, default)  # noqa: E731
-    fmt = data_cfg.format if data_cfg.format != "auto" else options.get("format", "auto")
-    rows = read_rows(
-        path,
-        format=fmt,
-        encoding=pick("encoding", "utf-8"),
-        header=pick("header", True),
-        columns=pick("columns", None),
-        quoting=pick("quoting", True),
-    )
-    return rows, pick("text_column", "text"), pick("label_column", "label"), str(path)
 
 
 def extract_examples(rows: list[dict], text_col: str, label_col: str, source: str, bad_rows: str, skipped: Counter) -> list[Example]:
@@ -149,7 +123,7 @@ def stratified_split(examples: list[Example], fractions: list[float], seed: int)
 def load_splits(data_cfg) -> Splits:
     """Read, check, balance and split the data of a run as configured."""
     skipped: Counter = Counter()
-    rows, text_col, label_col, name = read_source(data_cfg.train, data_cfg)
+    rows, text_col, label_col, name = read_data_spec(data_cfg.train, data_cfg)
     train = extract_examples(rows, text_col, label_col, name, data_cfg.bad_rows, skipped)
     if not train:
         raise TunelabError(f"{name}: no usable rows")
@@ -169,7 +143,7 @@ def load_splits(data_cfg) -> Splits:
     for split_name in ("validation", "test"):
         spec = getattr(data_cfg, split_name)
         if spec:
-            r, tc, lc, n = read_source(spec, data_cfg)
+            r, tc, lc, n = read_data_spec(spec, data_cfg)
             given[split_name] = extract_examples(r, tc, lc, n, data_cfg.bad_rows, skipped)
     fractions = [data_cfg.split.validation if "validation" not in given else 0.0, data_cfg.split.test if "test" not in given else 0.0]
     train, validation, test = stratified_split(train, fractions, split_seed)
@@ -190,3 +164,17 @@ def load_splits(data_cfg) -> Splits:
         }
     )
     return Splits(train, validation, test, labels, report)
+
+
+def cv_rows(cfg):
+    """All usable rows of data.train, after max_rows and balancing, as a run would read them,
+    for `tunelab cv` (see `tunelab.sweep.cv`): stratified by class, every row its own group."""
+    from tunelab.sweep.cv import CvRows
+
+    data = cfg.data.model_copy(update={"validation": None, "test": None, "split": cfg.data.split.model_copy(update={"validation": 0.0, "test": 0.0})})
+    examples = load_splits(data).train
+    fold_data = {"text_column": "text", "label_column": "label",
+                 # Undersampling already happened on the pooled rows; class weights still apply per fold.
+                 "balance": "none" if cfg.data.balance == "undersample" else cfg.data.balance}
+    return CvRows([{"text": e.text, "label": e.label, "source": e.source} for e in examples],
+                  [e.label for e in examples], list(range(len(examples))), fold_data)

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from tunelab.classify.model import TextClassifier
 from tunelab.data.io_atomic import staged_dir
 from tunelab.errors import TunelabError
-from tunelab.model.classifier import TextClassifier
 
 FORMAT_VERSION = 1
 

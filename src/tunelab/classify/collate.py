@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tunelab.train.batch import pad
+
 
 @dataclass
 class Encoded:
@@ -42,28 +44,6 @@ def encode_texts(tokenizer, texts: list[str], labels: list[int], max_length: int
     return Encoded(ids, list(labels), len(long))
 
 
-def pad_batch(seqs: list[list[int]], pad_id: int, length: int | None = None, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad token id lists to one length; returns (input_ids, attention_mask), both (B, T).
-
-    >>> pad_batch([[5, 6, 7], [8]], pad_id=0)[0].tolist()
-    [[5, 6, 7], [8, 0, 0]]
-    >>> pad_batch([[5, 6, 7], [8]], pad_id=0, side="left")[1].tolist()
-    [[1, 1, 1], [0, 0, 1]]
-    """
-    T = length or max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        s = s[:T]
-        if side == "right":
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
-        else:
-            ids[i, T - len(s) :] = torch.tensor(s)
-            mask[i, T - len(s) :] = 1
-    return ids, mask
-
-
 class ClassificationCollator:
     """Turns a list of (ids, label) into a padded batch; callable by a torch DataLoader."""
 
@@ -73,5 +53,5 @@ class ClassificationCollator:
     def __call__(self, items: list[tuple[list[int], int]]) -> dict:
         seqs = [ids for ids, _ in items]
         length = self.max_length if self.padding == "max_length" else None
-        input_ids, attention_mask = pad_batch(seqs, self.pad_id, length)
+        input_ids, attention_mask = pad(seqs, self.pad_id, length)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": torch.tensor([y for _, y in items], dtype=torch.long)}

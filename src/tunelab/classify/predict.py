@@ -7,9 +7,27 @@ from pathlib import Path
 
 import torch
 
-from tunelab.data.collate import ClassificationCollator, encode_texts
+from tunelab.classify.collate import ClassificationCollator, encode_texts
+from tunelab.classify.export import load_exported
 from tunelab.errors import TunelabError
-from tunelab.model.export import load_exported
+
+
+@torch.no_grad()
+def predict_logits(model, items: list[tuple[list[int], int]], collate, batch_size: int, device) -> torch.Tensor:
+    """Logits (N, C) for `items` in their original order. Items are batched by length so that
+    little padding is computed; inference mode, no dropout."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
+    out = [None] * len(items)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = collate([items[i] for i in idx])
+        logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu()
+        for row, i in enumerate(idx):
+            out[i] = logits[row]
+    model.train(was_training)
+    return torch.stack(out) if out else torch.zeros(0)
 
 
 def _pick_device(device):
@@ -28,8 +46,6 @@ class Classifier:
         self.collate = ClassificationCollator(tokenizer.pad_token_id, "longest", self.max_length)
 
     def logits(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
-        from tunelab.eval.classification import predict_logits
-
         enc = encode_texts(self.tokenizer, list(texts), [0] * len(texts), self.max_length)
         return predict_logits(self.model, list(zip(enc.ids, enc.labels)), self.collate, batch_size, self.device)
 

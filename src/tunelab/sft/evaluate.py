@@ -16,10 +16,11 @@ import math
 
 import torch
 
-from tunelab.sft.collate import collate, sft_loss
+from tunelab.data.refusals import REFUSAL_EN, REFUSAL_KO
+from tunelab.sft.collate import collate
 from tunelab.sft.formats import split_prompt
 from tunelab.sft.metrics import examples_table, score_predictions
-from tunelab.sft.templates import REFUSAL_EN, REFUSAL_KO
+from tunelab.sft.objective import sft_loss
 
 REFUSALS = {"docqa-ko": [REFUSAL_KO], "docqa-en": [REFUSAL_EN], "docqa": [REFUSAL_KO, REFUSAL_EN]}
 
@@ -94,3 +95,30 @@ def format_scores(scores: dict) -> str:
             rows.append(f"| {k} | {scores[k]:.4f} |")
     rows.append(f"| rows | {scores.get('n', '')} |")
     return "\n".join(rows)
+
+
+def evaluate_file(run, data: str, batch_size: int = 32, max_rows: int | None = None, max_new_tokens: int | None = None) -> dict:
+    """`tunelab eval` of an SFT run: answer loss and perplexity over every row of `data`, then
+    answers generated for the first `max_rows` and scored. Returns {"scores", "name", "rows",
+    "predictions"} (predictions: source/prompt/reference/generated per generated row)."""
+    from collections import Counter
+
+    from tunelab.config import DataConfig
+    from tunelab.sft.data import encode_split, read_sft_rows, to_items
+    from tunelab.sft.export import load_sft
+    from tunelab.sft.generate import decoding_settings
+
+    lm = load_sft(run)
+    rows, name = read_sft_rows(data, DataConfig(train=data))
+    items = to_items(rows, lm.meta.get("format", "auto"), name, "error", Counter())
+    counts: Counter = Counter()
+    examples = encode_split(items, lm.template, lm.tokenizer, max_length=int(lm.meta.get("max_length", 1024)),
+                            train_on_prompt=bool(lm.meta.get("train_on_prompt")), bad_rows="skip", counts=counts)
+    scores = token_loss(lm.model, examples, lm.tokenizer.pad_token_id, batch_size)
+    generation = decoding_settings(lm.meta.get("generation"), max_new_tokens=max_new_tokens)
+    shown = items[:max_rows] if max_rows else items
+    result = generate_and_score(lm.model, lm.tokenizer, lm.template, shown, generation, min(batch_size, 16))
+    scores.update(result["scores"], truncated=counts["truncated"], too_long=counts["too_long"])
+    predictions = [{"source": it.where, "prompt": p, "reference": r, "generated": g}
+                   for it, p, r, g in zip(shown, result["prompts"], result["references"], result["predictions"])]
+    return {"scores": scores, "name": name, "rows": len(items), "predictions": predictions}

@@ -5,8 +5,8 @@ from collections import Counter
 
 import pytest
 
+from tunelab.classify.data import Example, load_splits, stratified_split, undersample
 from tunelab.config import DataConfig
-from tunelab.data.classification import Example, load_splits, stratified_split, undersample
 from tunelab.data.readers import read_rows
 from tunelab.errors import TunelabError
 

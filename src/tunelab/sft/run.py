@@ -25,7 +25,7 @@ import torch
 
 from tunelab.config import RunConfig
 from tunelab.data.io_atomic import write_text_atomic
-from tunelab.train.run import make_accelerator, prepare_run_dir, run_facts
+from tunelab.train.runtime import group_by_length, run_facts, start_run
 
 
 def build_sft_template(sft_cfg, tokenizer):
@@ -36,28 +36,12 @@ def build_sft_template(sft_cfg, tokenizer):
                           system=sft_cfg.system, stop=sft_cfg.stop, user_template=sft_cfg.user_template)
 
 
-def load_causal_lm(folder, dtype=torch.float32):
-    """`AutoModelForCausalLM.from_pretrained` in full precision (bf16-stored assets too), quietly."""
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    from tunelab.errors import TunelabError
-
-    previous = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
-    except (OSError, ValueError) as err:
-        raise TunelabError(f"{folder}: cannot load a causal language model ({err})") from None
-    finally:
-        hf_logging.set_verbosity(previous)
-
-
 def build_sft_model(model_cfg, folder, seed: int):
     """Causal LM + trainable policy (lora: PEFT adapters; all: every weight). (model, info)."""
-    from tunelab.model.trainable import count_parameters, inject_lora
+    from tunelab.model.backbone import load_backbone
+    from tunelab.model.lora import count_parameters, inject_lora
 
-    model = load_causal_lm(folder)
+    model = load_backbone(folder, lm_head=True)
     torch.manual_seed(seed)  # LoRA's A matrices
     if model_cfg.trainable == "lora":
         lora = model_cfg.lora
@@ -71,21 +55,17 @@ def build_sft_model(model_cfg, folder, seed: int):
 
 def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=print) -> dict:
     from tunelab.assets.resolve import resolve_model
-    from tunelab.eval.sft import examples_markdown, format_scores, generate_and_score, token_loss
     from tunelab.model.backbone import load_tokenizer
     from tunelab.sft.collate import collate
     from tunelab.sft.data import encode_split, load_sft_splits
+    from tunelab.sft.evaluate import examples_markdown, format_scores, generate_and_score, token_loss
     from tunelab.sft.export import merge_lora, save_adapter, save_merged
+    from tunelab.sft.objective import SftObjective
     from tunelab.sft.templates import TEMPLATE_FILE, save_template
-    from tunelab.train.loop import fit
-    from tunelab.train.objectives import SftObjective
+    from tunelab.train.loop import fit, plan_steps
 
     assert cfg.task == "sft" and cfg.sft is not None
-    started = time.perf_counter()
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    run_dir = prepare_run_dir(cfg, resume, force)
-    accelerator, precision = make_accelerator(cfg.train)
+    run_dir, accelerator, precision, started = start_run(cfg, resume, force)
     device = accelerator.device
     sft, max_length = cfg.sft, cfg.data.max_length
 
@@ -126,12 +106,11 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
         scores = token_loss(m, encoded["validation"], pad_id, cfg.eval.batch_size, device)
         return {"loss": scores["loss"], "perplexity": scores["perplexity"]}
 
-    group = cfg.data.group_by_length if cfg.data.group_by_length != "auto" else device.type == "cpu"
-    if cfg.data.group_by_length == "auto":
-        log(f"data.group_by_length auto -> {group} ({device.type})")
+    group = group_by_length(cfg, device, log)
     torch.manual_seed(cfg.train.seed)
+    plan = plan_steps(len(encoded["train"]), cfg.train, micro_batch=1 if cfg.data.padding == "none" else None)
     result = fit(model, encoded["train"], batch_of, SftObjective(), validate if encoded["validation"] else None, cfg.train,
-                 cfg.data.padding, run_dir, accelerator, resume=resume,
+                 plan, run_dir, accelerator, resume=resume,
                  lengths=[len(e["input_ids"]) for e in encoded["train"]] if group else None, log=log)
     model = accelerator.unwrap_model(model)
     model.eval()
@@ -167,7 +146,7 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
         "trainable": info["policy"],
         "trainable_params": info["trainable_params"],
         "total_params": info["total_params"],
-        **run_facts(cfg, result, report["train_tokens"]["total"], len(encoded["train"]), started, device, precision),
+        **run_facts(cfg, result, report["train_tokens"]["total"], started, device, precision),
         "train": {"loss": train_loss["loss"], "perplexity": train_loss["perplexity"]},
         "validation": {k: result.best[k] for k in ("loss", "perplexity")} if result.best else None,
         "test": test,

@@ -12,7 +12,8 @@ whole as the groups allow. The same seed gives the same split.
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -137,3 +138,50 @@ def label_table(labels: Sequence[Any] | None, part: np.ndarray) -> dict[str, dic
         sel = codes[part == p]
         out[str(p)] = {names[c]: int(v) for c, v in enumerate(np.bincount(sel, minlength=len(names))) if v}
     return out
+
+
+def write_splits(rows: list[dict], texts: list[str], labels: list | None, out, *, validation: float | None = None,
+                 test: float = 0.2, folds: int | None = None, seed: int = 0, near_dup_threshold: float | None = None,
+                 source: str = "", label_column: str | None = None, log=print) -> tuple[dict, list]:
+    """`tunelab data split`: rows grouped by exact (or near, with a threshold) duplicate text,
+    split into train/validation/test (or a test part and k folds of the rest) with no group on two
+    sides, written as JSONL under `out` with `split.json`. Returns (summary, written paths)."""
+    from pathlib import Path
+
+    from tunelab.data import dedup
+    from tunelab.data.clean import public_row
+    from tunelab.data.io_atomic import write_json_atomic, write_jsonl_atomic
+
+    if folds and validation is not None:
+        raise TunelabError("--folds and --validation exclude each other: each fold is the validation part once")
+    groups = dedup.near_duplicates(texts, threshold=near_dup_threshold).groups if near_dup_threshold else dedup.exact_groups(texts)
+    out = Path(out)
+    summary: dict = {"input": source, "rows": len(rows), "seed": seed, "label_column": label_column, "near_dup_threshold": near_dup_threshold,
+                     "groups_with_several_rows": int((np.bincount(groups) > 1).sum())}
+    write = lambda path, idx: write_jsonl_atomic(path, (public_row(rows[i]) for i in idx))  # noqa: E731
+    written = []
+    if folds:
+        part = train_validation_test(labels, groups, validation=0.0, test=test, seed=seed)
+        rest = np.flatnonzero(part != "test")
+        fold = k_folds([labels[i] for i in rest] if labels else None, groups[rest], folds, seed=seed)
+        if test:
+            written.append(write(out / "test.jsonl", np.flatnonzero(part == "test")))
+        for k in range(folds):
+            written.append(write(out / f"fold-{k}" / "train.jsonl", rest[fold != k]))
+            written.append(write(out / f"fold-{k}" / "validation.jsonl", rest[fold == k]))
+        names = np.array(part, dtype=object)
+        names[rest] = np.array([f"fold-{f}" for f in fold], dtype=object)
+    else:
+        validation = 0.1 if validation is None else validation
+        names = train_validation_test(labels, groups, validation=validation, test=test, seed=seed)
+        for name, frac in (("train", 1.0), ("validation", validation), ("test", test)):
+            if frac > 0:
+                written.append(write(out / f"{name}.jsonl", np.flatnonzero(names == name)))
+            elif (out / f"{name}.jsonl").exists():
+                log(f"note: {out / f'{name}.jsonl'} is from an earlier run (this one has no {name} part)")
+    leaks = leaked_groups(names, groups)
+    assert leaks == 0, f"{leaks} duplicate groups straddle two parts"
+    summary["parts"] = label_table(labels, names)
+    summary["leaked_groups"] = leaks
+    written.append(write_json_atomic(out / "split.json", summary))
+    return summary, written

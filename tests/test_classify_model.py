@@ -2,22 +2,19 @@
 
 import pytest
 import torch
+from tests.helpers import make_model_dir, one_thread
 
-from tests.conftest import make_model_dir
+from tunelab.classify.model import TextClassifier, apply_trainable
 from tunelab.config import LoraConfig
 from tunelab.model.backbone import load_backbone
-from tunelab.model.classifier import TextClassifier
-from tunelab.model.trainable import apply_trainable
 
 DECODERS = ["llama", "qwen2", "gpt2", "gemma3"]
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread():
+    with one_thread():
+        yield
 
 
 @pytest.mark.parametrize("arch", DECODERS + ["bert"])

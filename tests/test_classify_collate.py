@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunelab.data.collate import encode_texts
+from tunelab.classify.collate import encode_texts
 
 
 @pytest.fixture

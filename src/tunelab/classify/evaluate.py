@@ -5,23 +5,7 @@ from __future__ import annotations
 
 import torch
 
-
-@torch.no_grad()
-def predict_logits(model, items: list[tuple[list[int], int]], collate, batch_size: int, device) -> torch.Tensor:
-    """Logits (N, C) for `items` in their original order. Items are batched by length so that
-    little padding is computed; inference mode, no dropout."""
-    was_training = model.training
-    model.eval()
-    order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
-    out = [None] * len(items)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = collate([items[i] for i in idx])
-        logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu()
-        for row, i in enumerate(idx):
-            out[i] = logits[row]
-    model.train(was_training)
-    return torch.stack(out) if out else torch.zeros(0)
+from tunelab.classify.predict import load_classifier, predict_logits
 
 
 def classification_metrics(y_true: list[int], y_pred: list[int], labels: list[str]) -> dict:
@@ -62,3 +46,25 @@ def format_report(scores: dict) -> str:
     for lab, row in zip(labels, scores["confusion_matrix"]):
         lines.append(f"{lab:<{width}}  " + " ".join(f"{v:8d}" for v in row))
     return "\n".join(lines)
+
+
+def evaluate_file(run, data: str, text_column: str | None = None, label_column: str | None = None, batch_size: int = 32) -> tuple[dict, str, int]:
+    """`tunelab eval` of a classifier: the run scored on a labelled file (or asset:NAME).
+    Returns (scores, the data's display name, rows scored); rows whose label the run does not
+    know stop with file:line."""
+    from collections import Counter
+
+    from tunelab.assets.resolve import read_data_spec
+    from tunelab.classify.collate import encode_texts
+    from tunelab.classify.data import drop_unseen_labels, extract_examples
+    from tunelab.config import DataConfig
+
+    clf = load_classifier(run)
+    data_cfg = DataConfig(train=data, text_column=text_column, label_column=label_column)
+    rows, text_col, label_col, name = read_data_spec(data, data_cfg)
+    examples = extract_examples(rows, text_col, label_col, name, "error", Counter())
+    examples = drop_unseen_labels(examples, set(clf.labels), "evaluation", "error", Counter())
+    index = {lab: i for i, lab in enumerate(clf.labels)}
+    enc = encode_texts(clf.tokenizer, [e.text for e in examples], [index[e.label] for e in examples], clf.max_length)
+    scores = evaluate_items(clf.model, list(zip(enc.ids, enc.labels)), clf.collate, batch_size, clf.device, clf.labels)
+    return scores, name, len(examples)

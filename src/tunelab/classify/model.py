@@ -2,6 +2,9 @@
 
 The model owns its choices: which token is pooled and whether a decoder attends causally. The
 training loop only calls `model(input_ids, attention_mask)` and gets logits (num_sequences, C).
+`apply_trainable` picks what trains: the head only, the last N blocks, everything, or LoRA; the
+head always trains in full. Frozen lower layers cost no backward pass: autograd builds the graph
+only from the first trainable block on.
 For decoders the head has no bias, like `score` in transformers' *ForSequenceClassification, so
 that a decoder with last-token pooling and the causal mask exports to that class unchanged.
 """
@@ -11,8 +14,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tunelab.model.backbone import hidden_size, is_encoder, set_causal
-from tunelab.model.pooling import pool
+from tunelab.classify.pooling import pool
+from tunelab.errors import TunelabError
+from tunelab.model.backbone import final_norm, hidden_size, is_encoder, set_causal, transformer_blocks
+from tunelab.model.lora import count_parameters, inject_lora
 
 
 class TextClassifier(nn.Module):
@@ -52,3 +57,29 @@ class TextClassifier(nn.Module):
         """True when stock `AutoModelForSequenceClassification` computes the same function:
         a decoder pooling its last real token under the causal mask, head without dropout at eval."""
         return (not self.encoder) and self.pooling == "last" and self.causal_mask
+
+
+def apply_trainable(model: TextClassifier, policy: str, last_blocks: int = 2, lora=None) -> dict:
+    """Freeze or unfreeze parts of `model` in place according to `policy`; return a summary."""
+    if policy == "lora":
+        model.backbone = inject_lora(model.backbone, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+    else:
+        for p in model.backbone.parameters():
+            p.requires_grad = policy == "all"
+        if policy == "last_blocks":
+            blocks = transformer_blocks(model.backbone)
+            if last_blocks > len(blocks):
+                raise TunelabError(f"model.last_blocks = {last_blocks} but the model has only {len(blocks)} blocks")
+            for block in list(blocks)[-last_blocks:]:
+                for p in block.parameters():
+                    p.requires_grad = True
+            norm = final_norm(model.backbone)
+            if norm is not None:
+                for p in norm.parameters():
+                    p.requires_grad = True
+        elif policy not in ("head", "all"):
+            raise ValueError(f"unknown trainable policy {policy!r}")
+    for p in model.head.parameters():
+        p.requires_grad = True
+    trainable, total = count_parameters(model)
+    return {"policy": policy, "trainable_params": trainable, "total_params": total}

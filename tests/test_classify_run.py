@@ -1,14 +1,13 @@
 """A real (tiny) classification run, in process: run folder, metrics, resume, export parity."""
 
 import json
-import shutil
 
 import pytest
 import torch
+from tests.helpers import base_config, read_json, write_config
 
-from tests.conftest import base_config, read_json, write_config
+from tunelab.classify.run import train_classifier
 from tunelab.config import load_config
-from tunelab.train.run import train_classifier
 
 
 def _run(tmp_path, data, model_dir, name="run", **train):
@@ -39,7 +38,6 @@ def test_resume_after_crash_gives_same_result(tmp_path, spam_csv, tiny_llama, mo
     full = train_classifier(cfg_full, log=lambda *_: None)
 
     cfg, _ = _run(tmp_path, spam_csv, tiny_llama, name="crash", save_every=3)
-    from tunelab.train import loop
 
     real_step = torch.optim.AdamW.step
     calls = {"n": 0}
@@ -116,3 +114,18 @@ def test_kill_9_then_resume_matches_uninterrupted(tmp_path, spam_csv, tiny_llama
     resumed = json.loads((tmp_path / "killed" / "summary.json").read_text())
     for split in ("train", "validation", "test"):
         assert resumed[split] == full[split]
+
+
+def test_pinned_losses_of_a_tiny_run(tmp_path, spam_csv, tiny_llama):
+    """Six steps of the tiny Llama on the synthetic spam rows give these losses, to the last digits:
+    a refactor that changes data order, splitting, initialisation or the loss shows up here. (The
+    values were printed by the code before and after the layout change of issue 13, identically.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg, _ = _run(tmp_path, spam_csv, tiny_llama, max_steps=6, eval_every=3)
+        summary = train_classifier(cfg, log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
+    got = (summary["train"]["loss"], summary["validation"]["loss"], summary["test"]["loss"])
+    assert got == pytest.approx((0.6271390318870544, 0.650209367275238, 0.6341702342033386), rel=1e-5)

@@ -2,12 +2,13 @@
 2x faster there), a clear refusal otherwise; and the train score on a sample of the training rows."""
 
 import pytest
+from tests.helpers import base_config, write_config
 
-import tunelab.train.run as run_module
-from tests.conftest import base_config, write_config
+import tunelab.train.runtime as run_module
+from tunelab.classify.run import train_classifier
 from tunelab.config import TrainConfig, load_config
 from tunelab.errors import TunelabError
-from tunelab.train.run import make_accelerator, sample_rows, train_classifier
+from tunelab.train.runtime import make_accelerator, sample_rows
 
 
 def test_cpu_default_is_fp32():

@@ -5,52 +5,71 @@ import argparse
 import csv
 from collections import Counter
 
+import numpy as np
 import pytest
+from tests.helpers import base_config, read_json, synthetic_rows, write_config
 
-from tests.conftest import base_config, read_json, synthetic_rows, write_config
 from tunelab.config import load_config
-from tunelab.data.classification import Example
 from tunelab.errors import TunelabError
-from tunelab.train.cv import cross_validate, fold_splits, make_folds
+from tunelab.sweep.cv import CvRows, cross_validate, fold_splits, group_codes, make_folds
 
 SILENT = dict(log=lambda *_: None)
 
 
-def _examples(n_a=31, n_b=14, n_c=5):
+def _rows(n_a=31, n_b=14, n_c=5) -> CvRows:
     labels = ["a"] * n_a + ["b"] * n_b + ["c"] * n_c
-    return [Example(f"text {i}", label, f"f:{i}") for i, label in enumerate(labels)]
+    return CvRows([{"text": f"text {i}", "label": y} for i, y in enumerate(labels)], labels, list(range(len(labels))), {})
 
 
 def test_folds_are_stratified_disjoint_and_complete():
-    ex = _examples()
-    folds = make_folds(ex, 5, seed=3)
-    ids = [e.source for f in folds for e in f]
-    assert sorted(ids) == sorted(e.source for e in ex) and len(set(ids)) == len(ids)
+    rows = _rows()
+    folds = make_folds(rows, 5, seed=3)
+    ids = [i for f in folds for i in f]
+    assert sorted(ids) == list(range(len(rows.records)))
     sizes = [len(f) for f in folds]
     assert max(sizes) - min(sizes) <= 1
-    for label, total in Counter(e.label for e in ex).items():
-        per_fold = [sum(e.label == label for e in f) for f in folds]
+    for label, total in Counter(rows.labels).items():
+        per_fold = [sum(rows.labels[i] == label for i in f) for f in folds]
         assert max(per_fold) - min(per_fold) <= 1 and sum(per_fold) == total
-    assert [[e.source for e in f] for f in make_folds(ex, 5, seed=3)] == [[e.source for e in f] for f in folds]
-    assert [[e.source for e in f] for f in make_folds(ex, 5, seed=4)] != [[e.source for e in f] for f in folds]
+    assert make_folds(rows, 5, seed=3) == folds
+    assert make_folds(rows, 5, seed=4) != folds
+
+
+def test_folds_are_the_folds_of_data_split():
+    """`tunelab cv` and `tunelab data split --folds` deal the same rows into the same folds."""
+    from tunelab.data.split import k_folds
+
+    rows = _rows()
+    part = k_folds(rows.labels, group_codes(rows.groups), 5, seed=3)
+    assert [sorted(f) for f in make_folds(rows, 5, seed=3)] == [sorted(np.flatnonzero(part == i).tolist()) for i in range(5)]
+
+
+def test_groups_stay_in_one_fold():
+    rows = _rows()
+    rows.groups = [i // 4 for i in range(len(rows.records))]  # runs of four rows share a group
+    folds = make_folds(rows, 3, seed=0)
+    for i, fold in enumerate(folds):
+        train, val, test = fold_splits(rows, folds, i, 0.2, seed=0)
+        sides = [{rows.groups[j] for j in s} for s in (train, val, test)]
+        assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
 
 
 def test_fold_splits_hold_out_each_fold_once():
-    ex = _examples()
-    folds = make_folds(ex, 5, seed=0)
+    rows = _rows()
+    folds = make_folds(rows, 5, seed=0)
     tested = []
     for i in range(5):
-        train, val, test = fold_splits(folds, i, 0.1, seed=0)
-        ids = [{e.source for e in s} for s in (train, val, test)]
-        assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
-        assert len(train) + len(val) + len(test) == len(ex) and len(val) >= 3
-        tested += [e.source for e in test]
-    assert sorted(tested) == sorted(e.source for e in ex)
+        train, val, test = fold_splits(rows, folds, i, 0.1, seed=0)
+        sets = [set(s) for s in (train, val, test)]
+        assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+        assert len(train) + len(val) + len(test) == len(rows.records) and len(val) >= 3
+        tested += test
+    assert sorted(tested) == list(range(len(rows.records)))
 
 
 def test_too_few_examples_per_class():
     with pytest.raises(TunelabError, match="class 'c' has only 5 example.*6 folds"):
-        make_folds(_examples(), 6, seed=0)
+        make_folds(_rows(), 6, seed=0)
 
 
 def test_tiny_cv_end_to_end_resume_and_change(tmp_path, spam_csv, tiny_llama, capsys):

@@ -1,15 +1,9 @@
 """Pooling picks the right vector for right, left and packed layouts."""
 
-import doctest
 
 import torch
 
-from tunelab.model import pooling
-from tunelab.model.pooling import pool
-
-
-def test_docstring_examples():
-    assert doctest.testmod(pooling).failed == 0
+from tunelab.classify.pooling import pool
 
 
 def test_last_token_right_and_left_padding_agree():

@@ -1,0 +1,36 @@
+"""Flags and argument readers that several commands share (generate, chat); not a command."""
+
+
+def add_decoding_options(p):
+    """Decoding flags shared by generate and chat; None means the run's own setting."""
+    p.add_argument("--max-new-tokens", type=int, default=None, help="most new tokens per answer (default: the run's)")
+    p.add_argument("--sample", dest="do_sample", action="store_const", const=True, default=None, help="sample (temperature, top-p) instead of greedy decoding")
+    p.add_argument("--greedy", dest="do_sample", action="store_const", const=False, help="greedy decoding")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling probability mass")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
+def decoding(args, meta: dict) -> dict:
+    """The run's generation settings with the command-line flags that were given on top."""
+    from tunelab.sft.generate import decoding_settings
+
+    flags = {key: getattr(args, key, None) for key in ("max_new_tokens", "do_sample", "temperature", "top_p", "seed")}
+    return decoding_settings(meta.get("generation"), **flags)
+
+
+def read_context(value):
+    """--context: the text itself, or @FILE / an existing file path for its content."""
+    from pathlib import Path
+
+    if value is None:
+        return None
+    path = Path(value[1:] if value.startswith("@") else value)
+    if value.startswith("@") or (len(value) < 4096 and "\n" not in value and path.is_file()):
+        from tunelab.errors import TunelabError
+
+        if not path.is_file():
+            raise TunelabError(f"--context: file not found: {path}")
+        return path.read_text(encoding="utf-8").strip()
+    return value

@@ -1,0 +1,142 @@
+"""Plumbing every recipe shares: the accelerator and its precision rule, the run folder, the
+facts every summary reports (steps, time, throughput, memory, host) and seeded row samples.
+
+Recipes (`tunelab.classify.run`, `tunelab.sft.run`) call these in the same order: threads,
+`prepare_run_dir`, `make_accelerator`, ..., `run_facts` for summary.json.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from tunelab.config import RunConfig, to_yaml
+from tunelab.data.io_atomic import write_text_atomic
+from tunelab.errors import TunelabError
+
+
+def make_accelerator(train_cfg):
+    """accelerate's Accelerator with the precision rule: `auto` is bf16 on a GPU that has it, else
+    fp32. bf16 on a CPU is allowed when asked for (autocast): on CPUs with native bf16 (AVX512-BF16,
+    AMX) a run is about 1.6x faster than in fp32; elsewhere it is emulated and slower, which is refused."""
+    from accelerate import Accelerator
+
+    use_cpu = train_cfg.device == "cpu" or not torch.cuda.is_available()
+    if train_cfg.device == "cuda" and not torch.cuda.is_available():
+        raise TunelabError("train.device is cuda but no CUDA GPU is visible; use train.device=auto or cpu")
+    precision = train_cfg.precision
+    if precision == "auto":
+        precision = "bf16" if (not use_cpu and torch.cuda.is_bf16_supported()) else "fp32"
+    if use_cpu and precision == "fp16":
+        raise TunelabError("train.precision=fp16 needs a GPU; on the CPU use fp32 or bf16")
+    if use_cpu and precision == "bf16" and not cpu_has_native_bf16():
+        raise TunelabError("train.precision=bf16 on this CPU would be emulated and slower than fp32 "
+                           "(it has neither AVX512-BF16 nor AMX); use train.precision=fp32")
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    try:
+        return Accelerator(cpu=use_cpu, mixed_precision=mixed), precision
+    except ValueError as err:
+        # accelerate keeps one state per process and refuses a second run in the same process (a
+        # notebook, an in-process sweep) that asks for another precision. With a single process
+        # nothing else shares that state, so it is safe to start it afresh.
+        if "already been initialized" not in str(err) or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        return Accelerator(cpu=use_cpu, mixed_precision=mixed), precision
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (oneDNN's own check)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def prepare_run_dir(cfg: RunConfig, resume: bool, force: bool) -> Path:
+    """Create the run folder, refusing to overwrite a finished or unfinished run by accident."""
+    run_dir = Path(cfg.output_dir)
+    config_text = to_yaml(cfg)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        stored = run_dir / "config.yaml"
+        if resume:
+            if stored.is_file() and stored.read_text(encoding="utf-8") != config_text:
+                raise TunelabError(f"{stored} differs from the config given now; resume needs the same config (or use --force to start over)")
+        elif force:
+            shutil.rmtree(run_dir)
+        elif (run_dir / "summary.json").is_file():
+            raise TunelabError(f"{run_dir} already holds a finished run; choose another output_dir or pass --force to replace it")
+        else:
+            raise TunelabError(f"{run_dir} holds an unfinished run; pass --resume to continue it or --force to start over")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", config_text)
+    return run_dir
+
+
+def run_facts(cfg, result, n_train_tokens: int, started: float, device, precision: str) -> dict:
+    """The summary fields every task shares: steps, times, throughput, memory and where it ran.
+    Tokens per second counts the real (non-pad) tokens of the epochs actually trained."""
+    epochs_done = result.steps / result.plan.steps_per_epoch
+    return {
+        "steps": result.steps,
+        "stopped_early": result.stopped_early,
+        "best_step": (result.best or {}).get("step"),
+        "train_seconds": round(result.train_seconds, 2),
+        "total_seconds": round(time.perf_counter() - started, 2),
+        "train_tokens_per_second": round(n_train_tokens * epochs_done / max(result.train_seconds, 1e-9), 1),
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
+        "device": str(device),
+        "precision": precision,
+        "host": platform.node(),
+        "torch_threads": torch.get_num_threads(),
+        "pid": os.getpid(),
+    }
+
+
+def peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def sample_rows(items: list, limit: int | None, seed: int) -> list:
+    """All of `items`, or a seeded random sample of `limit` of them (in their original order).
+
+    >>> sample_rows(list(range(10)), 3, seed=0) == sample_rows(list(range(10)), 3, seed=0)
+    True
+    >>> len(sample_rows(list(range(10)), 3, seed=0)), sample_rows([1, 2], 5, seed=0)
+    (3, [1, 2])
+    """
+    if limit is None or limit >= len(items):
+        return items
+    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in keep]
+
+
+def start_run(cfg, resume: bool, force: bool):
+    """The first stage of every recipe: CPU threads, the run folder, the accelerator.
+    Returns (run_dir, accelerator, precision, started) with `started` a perf_counter time."""
+    started = time.perf_counter()
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    run_dir = prepare_run_dir(cfg, resume, force)
+    accelerator, precision = make_accelerator(cfg.train)
+    return run_dir, accelerator, precision, started
+
+
+def group_by_length(cfg, device, log=print) -> bool:
+    """data.group_by_length with `auto` resolved: on for a CPU (padding costs time there), off on
+    a GPU (where the random order matters more than the padding)."""
+    if cfg.data.group_by_length != "auto":
+        return cfg.data.group_by_length
+    log(f"data.group_by_length auto -> {device.type == 'cpu'} ({device.type})")
+    return device.type == "cpu"
