@@ -90,7 +90,7 @@ groups:
     "text, expected",
     [
         ("base: base.yaml\noutput_dir: out\nsedes: [1]\n", r"sweep.yaml:3: unknown sweep key 'sedes'; did you mean 'seeds'"),
-        ("base: base.yaml\noutput_dir: out\ngroups:\n  g:\n    variant: {}\n", r"sweep.yaml:5: unknown sweep key 'groups.g.variant'; did you mean 'variants'"),
+        ("base: base.yaml\noutput_dir: out\ngroups:\n  g:\n    variant: {}\n", r"sweep.yaml:5: unknown sweep key 'groups.g.variant'; did you mean 'groups.g.variants'"),
         ("base: base.yaml\noutput_dir: out\nvariants:\n  a: {model.poolng: mean}\n", r"sweep.yaml:4: variants.a: unknown config key 'model.poolng'; did you mean 'model.pooling'"),
         ("base: base.yaml\noutput_dir: out\ngrid:\n  train.lr.x: [1]\n", r"sweep.yaml:4: grid: 'train.lr' is a value, not a section"),
         ("base: nope.yaml\noutput_dir: out\n", r"sweep.yaml:1: base config not found"),

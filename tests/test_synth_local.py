@@ -8,8 +8,8 @@ import json
 import shutil
 
 import pytest
-
 from tests.helpers import make_model_dir
+
 from tunelab.synth import teachers
 from tunelab.synth.pipeline import synthesize
 from tunelab.synth.prompts import TeacherConfig, validate_synth_dict

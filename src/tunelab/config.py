@@ -203,42 +203,50 @@ class RunConfig(Section):
 # Loading, overrides and error messages
 
 
-def _section_fields(model_cls: type[BaseModel], path: list[str]) -> tuple[type[BaseModel] | None, list[str]]:
-    """Walk `path` through nested sections; return the last section class and its field names."""
+def _model_in(annotation) -> type[BaseModel] | None:
+    """The section class inside an annotation: X, Optional[X], list[X] or dict[str, X]."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for m in map(_model_in, get_args(annotation)) if m is not None), None)
+
+
+def section_fields(model_cls: type[BaseModel], path) -> list[str]:
+    """The keys valid at `path` inside `model_cls`; list indexes and dict keys on the way are
+    stepped over (they stay on the item's section)."""
     cls: Any = model_cls
     for key in path:
-        field = cls.model_fields.get(key) if cls is not None else None
-        ann = getattr(field, "annotation", None)
-        if not isinstance(ann, type):  # Optional[Section]: the section class inside
-            ann = next((a for a in get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    return cls, (list(cls.model_fields) if cls is not None else [])
+        if cls is not None and key in cls.model_fields:
+            cls = _model_in(cls.model_fields[key].annotation)
+    return list(cls.model_fields) if cls is not None else []
 
 
-def _explain(err: ValidationError, source: str) -> str:
-    """Turn pydantic's errors into lines that name the dotted key and suggest a valid one."""
-    lines = []
+def explain_errors(err: ValidationError, model_cls: type[BaseModel], what: str = "", where=None) -> list[str]:
+    """The one explainer of pydantic errors, for run configs, sweep files and synth configs: one
+    line per error naming the dotted key, with the closest valid key or value when one is near.
+    `what` qualifies unknown keys ("sweep "); `where(loc)` gives a "file:line: " prefix."""
+    out = []
     for e in err.errors():
-        loc = [str(p) for p in e["loc"]]
+        loc = [str(p) for p in e["loc"] if not str(p).startswith(("list[", "dict["))]  # drop Union branch names
         key = ".".join(loc) or "(top level)"
+        prefix = where(tuple(loc)) if where else ""
         if e["type"] == "extra_forbidden":
-            _, valid = _section_fields(RunConfig, loc[:-1])
+            valid = section_fields(model_cls, loc[:-1])
             close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
             hint = f"; did you mean '{'.'.join(loc[:-1] + close)}'?" if close else f"; valid keys here: {', '.join(valid)}"
-            lines.append(f"unknown key '{key}'{hint}")
+            out.append(f"{prefix}unknown {what}key '{key}'{hint}")
         elif e["type"] == "literal_error":
             expected = e.get("ctx", {}).get("expected", "")
             options = [o.strip().strip("'") for o in expected.replace(" or ", ",").split(",") if o.strip()]
             close = difflib.get_close_matches(str(e.get("input")), options, n=1, cutoff=0.4)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            lines.append(f"'{key}' = {e.get('input')!r} is not one of {expected}{hint}")
+            out.append(f"{prefix}'{key}' = {e.get('input')!r} is not one of {expected}{hint}")
         elif e["type"] == "missing":
-            lines.append(f"'{key}' is required")
+            out.append(f"{prefix}'{key}' is required")
         elif e["type"] == "value_error" and "error" in e.get("ctx", {}):  # our checks name the keys
-            lines.append(str(e["ctx"]["error"]))
+            out.append(f"{prefix}{e['ctx']['error']}")
         else:
-            lines.append(f"'{key}' = {e.get('input')!r}: {e['msg']}")
-    return f"invalid config {source}:\n  " + "\n  ".join(lines)
+            out.append(f"{prefix}'{key}' = {e.get('input')!r}: {e['msg']}" if loc else f"{prefix}{e['msg']}")
+    return list(dict.fromkeys(out))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -299,7 +307,7 @@ def validate_dict(raw: dict, source: str = "") -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise TunelabError(_explain(err, source)) from None
+        raise TunelabError(f"invalid config {source}:\n  " + "\n  ".join(explain_errors(err, RunConfig))) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from tunelab.classify.model import TextClassifier
 from tunelab.data.io_atomic import staged_dir
 from tunelab.errors import TunelabError
+from tunelab.train.runtime import MODEL_META
 
 FORMAT_VERSION = 1
 
@@ -99,7 +100,7 @@ def _write_export(model: TextClassifier, tokenizer, labels: list[str], tmp: Path
         "weights_prefix": hf_cls.base_model_prefix if hf_cls is not None else "backbone",
         **(extra or {}),
     }
-    (tmp / "tunelab.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+    (tmp / MODEL_META).write_text(json.dumps(meta, indent=1, ensure_ascii=False))
     return meta
 
 
@@ -108,7 +109,7 @@ def load_exported(model_dir: Path, device: str | torch.device = "cpu") -> tuple[
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     model_dir = Path(model_dir)
-    meta_path = model_dir / "tunelab.json"
+    meta_path = model_dir / MODEL_META
     if not meta_path.is_file():
         raise TunelabError(f"{model_dir}: not a tunelab model folder (no tunelab.json)")
     meta = json.loads(meta_path.read_text())

@@ -10,6 +10,7 @@ import torch
 from tunelab.classify.collate import ClassificationCollator, encode_texts
 from tunelab.classify.export import load_exported
 from tunelab.errors import TunelabError
+from tunelab.train.runtime import model_dir_of
 
 
 @torch.no_grad()
@@ -61,20 +62,9 @@ class Classifier:
         return out
 
 
-def resolve_model_dir(run: str | Path) -> Path:
-    """Accept a run folder (holding model/) or a model folder itself."""
-    run = Path(run)
-    for candidate in (run / "model", run):
-        if (candidate / "tunelab.json").is_file():
-            return candidate
-    if not run.exists():
-        raise TunelabError(f"run folder not found: {run}")
-    raise TunelabError(f"{run}: no trained model here (expected {run}/model/tunelab.json); did the run finish?")
-
-
 def load_classifier(run, device=None) -> Classifier:
     device = _pick_device(device)
-    model, tokenizer, meta = load_exported(resolve_model_dir(run), device)
+    model, tokenizer, meta = load_exported(model_dir_of(run), device)
     return Classifier(model, tokenizer, meta, device)
 
 

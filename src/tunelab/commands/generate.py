@@ -15,8 +15,8 @@ def needs_document(run) -> None:
     """Stop early (before loading the model) when a document-QA run gets no --context."""
     from tunelab.errors import TunelabError
     from tunelab.sft.evaluate import refusal_strings
-    from tunelab.sft.export import model_dir_of
     from tunelab.sft.templates import load_template
+    from tunelab.train.runtime import model_dir_of
 
     template = load_template(model_dir_of(run))
     if refusal_strings(template):

@@ -30,9 +30,9 @@ from tunelab.data.io_atomic import staged_dir
 from tunelab.errors import TunelabError
 from tunelab.sft.templates import TEMPLATE_FILE, Template, TextTemplate, load_template, save_template
 from tunelab.sft.tokenize import special_prefix
+from tunelab.train.runtime import MODEL_META, model_dir_of
 
 FORMAT_VERSION = 1
-META_FILE = "tunelab.json"
 
 
 def _save_tokenizer(tokenizer, template, folder: Path) -> None:
@@ -77,7 +77,7 @@ def save_merged(model, tokenizer, template, out_dir: Path, *, meta: dict, genera
             save_template(template, tmp / TEMPLATE_FILE)
             info = {"format_version": FORMAT_VERSION, "task": "sft", "template": template.to_dict().get("name", "chat"),
                     "generation": generation, **meta}
-            (tmp / META_FILE).write_text(json.dumps(info, indent=1, ensure_ascii=False), encoding="utf-8")
+            (tmp / MODEL_META).write_text(json.dumps(info, indent=1, ensure_ascii=False), encoding="utf-8")
     finally:
         model.generation_config = config
     return Path(out_dir)
@@ -88,19 +88,8 @@ def merge_lora(model):
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
-def model_dir_of(run: str | Path) -> Path:
-    """The exported folder of a run: RUN/model, or RUN itself when it holds tunelab.json."""
-    run = Path(run)
-    for candidate in (run / "model", run):
-        if (candidate / META_FILE).is_file():
-            return candidate
-    if not run.exists():
-        raise TunelabError(f"run folder not found: {run}")
-    raise TunelabError(f"{run}: no trained model here (expected {run}/model/{META_FILE}); did the run finish?")
-
-
 def read_meta(run: str | Path) -> dict:
-    return json.loads((model_dir_of(run) / META_FILE).read_text(encoding="utf-8"))
+    return json.loads((model_dir_of(run) / MODEL_META).read_text(encoding="utf-8"))
 
 
 def is_sft_run(run: str | Path) -> bool:
@@ -125,7 +114,7 @@ def load_sft(run: str | Path, device: str | None = None) -> SftModel:
     from tunelab.model.backbone import load_backbone, load_tokenizer
 
     folder = model_dir_of(run)
-    meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    meta = json.loads((folder / MODEL_META).read_text(encoding="utf-8"))
     if meta.get("task") != "sft":
         raise TunelabError(f"{folder}: a {meta.get('task', 'classification')} model, not an SFT one; use `tunelab predict` for classifiers")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -49,7 +49,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tunelab.config import RunConfig, read_yaml, validate_dict
+from tunelab.config import RunConfig, explain_errors, read_yaml, validate_dict
 from tunelab.errors import TunelabError
 
 Overrides = dict[str, Any]
@@ -229,26 +229,6 @@ def _line(lines: dict[tuple, int], path: tuple) -> Optional[int]:
     return None
 
 
-def _explain(err: ValidationError, source: Path, lines: dict) -> str:
-    out = []
-    for e in err.errors():
-        loc = tuple(str(p) for p in e["loc"])
-        # pydantic puts the Union branch name in the location; drop those.
-        loc = tuple(p for p in loc if not p.startswith(("list[", "dict[")))
-        where = f"{source}:{_line(lines, loc) or 1}"
-        key = ".".join(loc) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            valid = list((GroupSpec if len(loc) == 3 and loc[0] == "groups" else SweepSpec).model_fields)
-            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys here: {', '.join(valid)}"
-            out.append(f"{where}: unknown sweep key '{key}'{hint}")
-        elif e["type"] == "missing":
-            out.append(f"{where}: '{key}' is required")
-        else:
-            out.append(f"{where}: '{key}' = {e.get('input')!r}: {e['msg']}")
-    return "invalid sweep file:\n  " + "\n  ".join(dict.fromkeys(out))
-
-
 def read_spec(path: str | Path) -> tuple[SweepSpec, dict]:
     """Parse and check a sweep file; returns the spec and the line of every key."""
     path = Path(path)
@@ -257,7 +237,8 @@ def read_spec(path: str | Path) -> tuple[SweepSpec, dict]:
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as err:
-        raise TunelabError(_explain(err, path, lines)) from None
+        where = lambda loc: f"{path}:{_line(lines, loc) or 1}: "  # noqa: E731
+        raise TunelabError("invalid sweep file:\n  " + "\n  ".join(explain_errors(err, SweepSpec, "sweep ", where))) from None
     if spec.groups and (spec.grid or spec.variants or spec.question):
         raise TunelabError(f"{path}:{_line(lines, ('groups',))}: with 'groups', put grid/variants/question inside a group")
     return spec, lines

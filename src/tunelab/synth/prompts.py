@@ -16,7 +16,6 @@ answer), which is the reply format the parser expects first.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -24,7 +23,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tunelab.config import apply_overrides, read_yaml
+from tunelab.config import apply_overrides, explain_errors, read_yaml
 from tunelab.data.refusals import REFUSAL_EN, REFUSAL_KO
 from tunelab.errors import TunelabError
 
@@ -122,40 +121,11 @@ class SynthConfig(Section):
         return self.refusal or REFUSALS[self.lang]
 
 
-def _fields(path: list[str]) -> list[str]:
-    cls: type[BaseModel] | None = SynthConfig
-    for key in path:
-        if key.isdigit():
-            continue
-        ann = cls.model_fields[key].annotation if cls and key in cls.model_fields else None
-        args = getattr(ann, "__args__", ())
-        cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else next(
-            (a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)  # list[Example]
-    return list(cls.model_fields) if cls else []
-
-
-def _explain(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        loc = [str(p) for p in e["loc"]]
-        key = ".".join(loc) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            valid = _fields(loc[:-1])
-            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
-            hint = f"; did you mean '{'.'.join(loc[:-1] + close)}'?" if close else f"; valid keys here: {', '.join(valid)}"
-            lines.append(f"unknown key '{key}'{hint}")
-        elif e["type"] == "missing":
-            lines.append(f"'{key}' is required")
-        else:
-            lines.append(f"'{key}' = {e.get('input')!r}: {e['msg']}" if loc else e["msg"])
-    return f"invalid synth config {source}:\n  " + "\n  ".join(lines)
-
-
 def validate_synth_dict(raw: dict, source: str = "") -> SynthConfig:
     try:
         cfg = SynthConfig.model_validate(raw)
     except ValidationError as err:
-        raise TunelabError(_explain(err, source)) from None
+        raise TunelabError(f"invalid synth config {source}:\n  " + "\n  ".join(explain_errors(err, SynthConfig))) from None
     question_messages(cfg, "...")  # a misspelt variable fails now, not after an hour of generation
     answer_messages(cfg, "...", "...")
     return cfg

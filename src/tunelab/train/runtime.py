@@ -140,3 +140,18 @@ def group_by_length(cfg, device, log=print) -> bool:
         return cfg.data.group_by_length
     log(f"data.group_by_length auto -> {device.type == 'cpu'} ({device.type})")
     return device.type == "cpu"
+
+
+MODEL_META = "tunelab.json"  # in every model folder tunelab writes: the task and how to use the weights
+
+
+def model_dir_of(run: str | Path) -> Path:
+    """The one run-folder resolver: RUN/model, or RUN itself when it holds tunelab.json (a model
+    or exported folder), for every task."""
+    run = Path(run)
+    for candidate in (run / "model", run):
+        if (candidate / MODEL_META).is_file():
+            return candidate
+    if not run.exists():
+        raise TunelabError(f"run folder not found: {run}")
+    raise TunelabError(f"{run}: no trained model here (expected {run}/model/{MODEL_META}); did the run finish?")
