@@ -52,6 +52,7 @@ class DataConfig(Section):
     max_length: int = Field(256, ge=8, description="Truncate texts to this many tokens (truncated rows are counted in the report).")
     group_by_length: Union[bool, Literal["auto"]] = Field("auto", description="Batch texts of similar length together (less padding; the order stays random and seeded). auto = on for CPU training, off on a GPU, where small batches are launch-bound and grouping measured slower.")
     padding: Literal["longest", "max_length", "none"] = Field("longest", description="longest: pad each batch to its longest sequence; max_length: pad to data.max_length; none: batch size 1 with gradient accumulation.")
+    packing: Literal["auto", "on", "off"] = Field("auto", description="Pack the examples of a micro-batch into one padding-free row (positions restart and attention stays inside each example; same loss as padded batches, less wasted compute). auto = on for a GPU, off on a CPU. Overrides padding when on.")
 
 
 class LoraConfig(Section):
@@ -93,6 +94,9 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 on a GPU that supports it, fp32 on a CPU. bf16 on a CPU with native bf16 (AVX512-BF16 or AMX) autocasts and runs about 1.6x faster than fp32; it is refused on a CPU that would emulate it. fp16 needs a GPU.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; auto = cuda when available.")
     num_threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch (default: torch's choice).")
+    max_tokens_per_micro_batch: Optional[int] = Field(None, ge=1, description="Cut each optimizer step's examples into micro-batches of at most this many real tokens (the gradient does not depend on the cut: the loss is normalised by the step's targets). null = batch_size examples per micro-batch.")
+    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the model's forward/backward (sequence lengths bucketed so shapes rarely recompile). auto = on for a GPU, off on a CPU.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass instead of keeping them: less memory, about a third more compute.")
 
 
 class EvalConfig(Section):
