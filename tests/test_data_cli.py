@@ -104,7 +104,7 @@ def test_wrong_column_named(tickets, tmp_path):
 def test_output_equal_to_input_refused(tmp_path):
     src = tmp_path / "d.jsonl"
     src.write_text('{"text": "a"}\n')
-    with pytest.raises(TunelabError, match="overwrite the input"):
+    with pytest.raises(TunelabError, match="is the input.*would be overwritten"):
         run("clean", src, "-o", src)
 
 

@@ -12,20 +12,22 @@ the command line (`train.lr=1e-4`) are parsed as YAML scalars and checked agains
 
 from __future__ import annotations
 
+import codecs
 import difflib
 from pathlib import Path
 from typing import Any, Literal, Optional, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.errors import TunelabError
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, values are checked on assignment."""
+    """Base of every config section: unknown keys are errors, values are checked on assignment,
+    and a number is finite (`train.lr=.inf` or `nan` is refused, never trained into NaN weights)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SplitConfig(Section):
@@ -44,6 +46,16 @@ class DataConfig(Section):
     header: Optional[bool] = Field(None, description="CSV/TSV: first line is a header (default true).")
     columns: Optional[list[str]] = Field(None, description="CSV/TSV without header: the column names, in order.")
     encoding: Optional[str] = Field(None, description="Text encoding of the files (default utf-8).")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                raise ValueError(f"data.encoding = {value!r} is not an encoding Python knows (e.g. utf-8, cp949, euc-kr, latin-1)") from None
+        return value
     quoting: Optional[bool] = Field(None, description="CSV/TSV: honour double quotes (false for raw text with stray quotes).")
     split: SplitConfig = Field(default_factory=SplitConfig, description="How to split `train` when no validation/test file is given.")
     balance: Literal["none", "undersample", "class_weights"] = Field("none", description="undersample: every class cut to the smallest one (before splitting, as the anchor experiments do); class_weights: weighted loss.")

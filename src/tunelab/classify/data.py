@@ -9,7 +9,9 @@ was skipped, balanced and split. Bad rows stop the run with file and line, or, w
 
 from __future__ import annotations
 
+import math
 import random
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -45,21 +47,52 @@ def extract_examples(rows: list[dict], text_col: str, label_col: str, source: st
             found = ", ".join(k for k in rows[0] if k != "_line")
             raise TunelabError(f"{source}: no column {missing[0]!r} (columns found: {found}); set data.text_column / data.label_column")
     out = []
+    label_type: tuple[str, str] | None = None  # (kind of the first label, its row) for mixed-type checks
     for row in rows:
         where = f"{source}:{row.get('_line')}"
         text, label = row.get(text_col), row.get(label_col)
-        problem = None
-        if text is None or not str(text).strip():
-            problem = f"empty text in column {text_col!r}"
-        elif label is None or str(label).strip() == "":
-            problem = f"missing label in column {label_col!r}"
+        problem = _text_problem(text, text_col) or _label_problem(label, label_col)
         if problem:
             if bad_rows == "error":
                 raise TunelabError(f"{where}: {problem} (set data.bad_rows: skip to drop such rows)")
-            skipped[problem] += 1
+            skipped[problem.split(" (")[0]] += 1
             continue
-        out.append(Example(text=str(text), label=str(label).strip(), source=where))
+        kind = _label_kind(label)
+        if label_type is None:
+            label_type = (kind, where)
+        elif kind != label_type[0]:
+            raise TunelabError(f"{where}: label {label!r} is {kind}, but the labels before it are {label_type[0]} (first at {label_type[1]}); "
+                               "write every label the same way (e.g. all as text), or 1 and '1' become two classes")
+        out.append(Example(text=unicodedata.normalize("NFC", text), label=str(label).strip(), source=where))
     return out
+
+
+def _text_problem(text, column: str) -> str | None:
+    """Why a row's text cannot be trained on, or None. Texts must be strings: a JSON object or a
+    number in the text column is refused rather than trained as its repr."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return f"empty text in column {column!r}"
+    if not isinstance(text, str):
+        return f"text in column {column!r} is {type(text).__name__} {str(text)[:40]!r}, not a string"
+    return None
+
+
+def _label_problem(label, column: str) -> str | None:
+    """Why a row's label is missing or unusable (empty, null, NaN, a list or object), or None."""
+    if label is None or (isinstance(label, float) and math.isnan(label)) or str(label).strip() in ("", "nan", "NaN"):
+        return f"missing label in column {column!r}"
+    if isinstance(label, (list, dict)):
+        return f"label in column {column!r} is a {type(label).__name__}, not a single value"
+    return None
+
+
+def _label_kind(label) -> str:
+    """text, a number or a boolean: the kinds that must not mix within one label column."""
+    if isinstance(label, bool):
+        return "a boolean"
+    if isinstance(label, (int, float)):
+        return "a number"
+    return "text"
 
 
 def drop_unseen_labels(examples: list[Example], known: set[str], split_name: str, bad_rows: str, skipped: Counter) -> list[Example]:

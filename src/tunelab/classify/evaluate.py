@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from tunelab.classify.predict import load_classifier, predict_logits
+from tunelab.errors import TunelabError
 
 
 def classification_metrics(y_true: list[int], y_pred: list[int], labels: list[str]) -> dict:
@@ -64,6 +65,8 @@ def evaluate_file(run, data: str, text_column: str | None = None, label_column: 
     rows, text_col, label_col, name = read_data_spec(data, data_cfg)
     examples = extract_examples(rows, text_col, label_col, name, "error", Counter())
     examples = drop_unseen_labels(examples, set(clf.labels), "evaluation", "error", Counter())
+    if not examples:
+        raise TunelabError(f"{name}: no rows to evaluate")
     index = {lab: i for i, lab in enumerate(clf.labels)}
     enc = encode_texts(clf.tokenizer, [e.text for e in examples], [index[e.label] for e in examples], clf.max_length)
     scores = evaluate_items(clf.model, list(zip(enc.ids, enc.labels)), clf.collate, batch_size, clf.device, clf.labels)

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from tunelab.classify.model import TextClassifier
 from tunelab.data.io_atomic import staged_dir
@@ -106,19 +106,21 @@ def _write_export(model: TextClassifier, tokenizer, labels: list[str], tmp: Path
 
 def load_exported(model_dir: Path, device: str | torch.device = "cpu") -> tuple[TextClassifier, object, dict]:
     """Rebuild the classifier from an exported folder: (model in eval mode, tokenizer, meta)."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoModel
+
+    from tunelab.model.backbone import load_config_of, load_tokenizer, load_weights
+    from tunelab.train.runtime import read_model_meta
 
     model_dir = Path(model_dir)
-    meta_path = model_dir / MODEL_META
-    if not meta_path.is_file():
-        raise TunelabError(f"{model_dir}: not a tunelab model folder (no tunelab.json)")
-    meta = json.loads(meta_path.read_text())
+    meta = read_model_meta(model_dir)
     if meta.get("task", "classification") != "classification":
         raise TunelabError(f"{model_dir}: a {meta['task']} model, not a classifier; use `tunelab generate` or `tunelab chat`")
-    config = AutoConfig.from_pretrained(str(model_dir))
-    backbone = AutoModel.from_config(config)
+    missing_keys = [k for k in ("labels", "pooling", "causal_mask", "weights_prefix") if k not in meta]
+    if missing_keys:
+        raise TunelabError(f"{model_dir / MODEL_META}: damaged (no {', '.join(missing_keys)}); export or train the model again")
+    backbone = AutoModel.from_config(load_config_of(model_dir))
     model = TextClassifier(backbone, len(meta["labels"]), meta["pooling"], meta["causal_mask"])
-    tensors = load_file(str(model_dir / "model.safetensors"))
+    tensors = load_weights(model_dir / "model.safetensors")
     prefix = meta["weights_prefix"] + "."
     state = {}
     for k, v in tensors.items():
@@ -132,8 +134,7 @@ def load_exported(model_dir: Path, device: str | torch.device = "cpu") -> tuple[
     missing = [k for k in missing if not _is_tied_copy(model, k, state)]
     if missing or unexpected:
         raise TunelabError(f"{model_dir}/model.safetensors does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    return model.to(device).eval(), tokenizer, meta
+    return model.to(device).eval(), load_tokenizer(model_dir), meta
 
 
 def _is_tied_copy(model, key: str, state: dict) -> bool:

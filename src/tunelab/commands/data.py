@@ -207,8 +207,12 @@ def _table(rows: list[tuple[str, str]]) -> str:
 def _inspect(args) -> int:
     from tunelab.data.inspect import inspect_rows, public_stats, render_html, render_table
     from tunelab.data.io_atomic import write_json_atomic, write_text_atomic
+    from tunelab.data.outputs import check_output
 
     path, rows, text_cols, label = _read(args, args.file)
+    for flag, out in (("--html", args.html), ("--json", args.json)):
+        if out:
+            check_output(out, inputs=[path], flag=flag)
     tokenizer = None
     if args.tokenizer:
         from transformers import AutoTokenizer
@@ -232,14 +236,16 @@ def _inspect(args) -> int:
 
 
 def _clean(args) -> int:
-    from pathlib import Path
 
     from tunelab.data.clean import CleanOptions, clean_rows, hf_mean_pool_encoder, write_outputs
+    from tunelab.data.outputs import check_output
 
     path, rows, text_cols, label = _read(args, args.file)
-    output = Path(args.output)
-    if output.exists() and output.resolve() == Path(path).resolve():
-        raise _error(f"{output}: --output would overwrite the input file; choose another path")
+    output = check_output(args.output, inputs=[path])
+    if args.report:
+        check_output(args.report, inputs=[path, output], flag="--report")
+    if not rows:
+        raise _error(f"{path}: no rows to clean")
     options = CleanOptions(
         text_columns=text_cols, label_column=label, html=not args.no_html, mojibake=not args.no_mojibake,
         keep_newlines=not args.single_line, min_chars=args.min_chars, max_chars=args.max_chars,
@@ -275,9 +281,11 @@ def _clean(args) -> int:
 
 def _split(args) -> int:
     from tunelab.data.clean import guess_text_columns, row_text
+    from tunelab.data.outputs import check_output
     from tunelab.data.split import write_splits
 
     path, rows, text_cols, label = _read(args, args.file)
+    check_output(args.out, inputs=[path], flag="--out", folder=True)
     if not rows:
         raise _error(f"{path}: no rows to split")
     if label is None and "label" in rows[0]:

@@ -25,7 +25,15 @@ def run(args) -> int:
     import json
 
     from tunelab.data.io_atomic import write_jsonl_atomic, write_text_atomic
+    from tunelab.data.outputs import check_output
+    from tunelab.errors import TunelabError
     from tunelab.sft.export import is_sft_run
+
+    if args.batch_size < 1:
+        raise TunelabError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    for flag, out in (("--output", args.output), ("--predictions", args.predictions)):
+        if out:
+            check_output(out, inputs=[args.data], flag=flag)
 
     if is_sft_run(args.run):
         from tunelab.sft.evaluate import evaluate_file, format_scores

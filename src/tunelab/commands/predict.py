@@ -18,9 +18,17 @@ def run(args) -> int:
 
     from tunelab.classify.predict import load_classifier, read_texts
     from tunelab.data.io_atomic import write_jsonl_atomic
+    from tunelab.data.outputs import check_output
+    from tunelab.errors import TunelabError
 
+    if args.batch_size < 1:
+        raise TunelabError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    if args.output != "-":
+        check_output(args.output, inputs=[args.input])
     clf = load_classifier(args.run)  # a wrong run folder fails before reading any input
     texts = read_texts(args.input, args.text_column)
+    if not texts:
+        raise TunelabError(f"{args.input}: no rows (nothing to predict)")
     rows = [{"text": t, **p} for t, p in zip(texts, clf.predict(texts, args.batch_size))]
     if args.output == "-":
         for r in rows:

@@ -91,3 +91,29 @@ def set_causal(backbone: nn.Module, causal: bool) -> None:
     for module in backbone.modules():
         if hasattr(module, "is_causal") and isinstance(module.is_causal, bool):
             module.is_causal = causal
+
+
+def load_weights(path: str | Path) -> dict:
+    """The tensors of a safetensors file, or a TunelabError naming it when it is missing, empty
+    or cut short (safetensors' own error says only "incomplete metadata")."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise TunelabError(f"{path}: missing; the model folder is incomplete")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise TunelabError(f"{path}: damaged or incomplete weights file ({err}); copy or export it again") from None
+
+
+def load_config_of(folder: str | Path):
+    """transformers' AutoConfig of a model folder, with a TunelabError naming it when config.json
+    is missing or malformed."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(folder))
+    except (OSError, ValueError) as err:
+        raise TunelabError(f"{folder}/config.json: cannot be read ({str(err).splitlines()[0]})") from None

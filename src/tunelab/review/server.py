@@ -218,6 +218,10 @@ def serve_command(file: str, port: int = 0) -> int:
 
 def export_command(file: str, output: str) -> int:
     """The CLI: write the accepted (and edited) rows."""
+    from tunelab.data.outputs import check_output
+    from tunelab.review.store import db_path_for
+
+    check_output(output, inputs=[file, db_path_for(file)])
     store = ReviewStore(file, create=False)
     try:
         c = store.export(output)

@@ -17,6 +17,7 @@ import math
 import torch
 
 from tunelab.data.refusals import REFUSAL_EN, REFUSAL_KO
+from tunelab.errors import TunelabError
 from tunelab.sft.collate import collate
 from tunelab.sft.formats import split_prompt
 from tunelab.sft.metrics import examples_table, score_predictions
@@ -111,6 +112,8 @@ def evaluate_file(run, data: str, batch_size: int = 32, max_rows: int | None = N
     lm = load_sft(run)
     rows, name = read_sft_rows(data, DataConfig(train=data))
     items = to_items(rows, lm.meta.get("format", "auto"), name, "error", Counter())
+    if not items:
+        raise TunelabError(f"{name}: no rows to evaluate")
     counts: Counter = Counter()
     examples = encode_split(items, lm.template, lm.tokenizer, max_length=int(lm.meta.get("max_length", 1024)),
                             train_on_prompt=bool(lm.meta.get("train_on_prompt")), bad_rows="skip", counts=counts)

@@ -30,7 +30,7 @@ from tunelab.data.io_atomic import staged_dir
 from tunelab.errors import TunelabError
 from tunelab.sft.templates import TEMPLATE_FILE, Template, TextTemplate, load_template, save_template
 from tunelab.sft.tokenize import special_prefix
-from tunelab.train.runtime import MODEL_META, model_dir_of
+from tunelab.train.runtime import MODEL_META, model_dir_of, read_model_meta
 
 FORMAT_VERSION = 1
 
@@ -89,7 +89,7 @@ def merge_lora(model):
 
 
 def read_meta(run: str | Path) -> dict:
-    return json.loads((model_dir_of(run) / MODEL_META).read_text(encoding="utf-8"))
+    return read_model_meta(model_dir_of(run))
 
 
 def is_sft_run(run: str | Path) -> bool:
@@ -114,7 +114,7 @@ def load_sft(run: str | Path, device: str | None = None) -> SftModel:
     from tunelab.model.backbone import load_backbone, load_tokenizer
 
     folder = model_dir_of(run)
-    meta = json.loads((folder / MODEL_META).read_text(encoding="utf-8"))
+    meta = read_model_meta(folder)
     if meta.get("task") != "sft":
         raise TunelabError(f"{folder}: a {meta.get('task', 'classification')} model, not an SFT one; use `tunelab predict` for classifiers")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -125,12 +125,11 @@ def load_sft(run: str | Path, device: str | None = None) -> SftModel:
 def export_run(run: str | Path, out_dir: str | Path, force: bool = False) -> Path:
     """`tunelab export`: RUN/model copied to OUT (an HF folder: merged, full precision), and
     RUN/adapter, when the run has one, to OUT/adapter. Works for SFT and classification runs."""
+    from tunelab.data.outputs import check_folder_to_replace
+
     src = model_dir_of(run)
-    out_dir = Path(out_dir)
-    if out_dir.resolve() == src.resolve():
-        raise TunelabError(f"--out {out_dir} is the run's own model folder")
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise TunelabError(f"{out_dir} exists and is not empty; pass --force to replace it")
+    run_folder = src.parent if src.name == "model" else src
+    out_dir = check_folder_to_replace(out_dir, protect=[run_folder], force=force, marker=MODEL_META)
     adapter = src.parent / "adapter" if src.name == "model" else None
     with staged_dir(out_dir) as tmp:
         shutil.copytree(src, tmp, dirs_exist_ok=True)

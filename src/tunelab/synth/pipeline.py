@@ -381,6 +381,9 @@ def synth_command(inputs: list[str], config: str, output: str, overrides: list[s
                   teacher: str | None = None, allow_remote: bool = False, max_chunks: int | None = None,
                   cache: str | None = None) -> int:  # fmt: skip
     """The CLI: load the config, apply --teacher, run, print the table."""
+    from tunelab.data.outputs import check_output
+
+    check_output(output, inputs=[*inputs, config, cache])
     cfg = load_synth_config(config, overrides)
     if teacher:
         if teacher.startswith("openai:"):

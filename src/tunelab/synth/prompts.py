@@ -31,7 +31,7 @@ REFUSALS = {"ko": REFUSAL_KO, "en": REFUSAL_EN}
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TeacherConfig(Section):

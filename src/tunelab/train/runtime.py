@@ -155,3 +155,20 @@ def model_dir_of(run: str | Path) -> Path:
     if not run.exists():
         raise TunelabError(f"run folder not found: {run}")
     raise TunelabError(f"{run}: no trained model here (expected {run}/model/{MODEL_META}); did the run finish?")
+
+
+def read_model_meta(folder: str | Path) -> dict:
+    """The tunelab.json of a model folder, or a TunelabError naming it when it is missing, empty
+    or not a JSON object (a copy cut short, a hand edit)."""
+    import json
+
+    path = Path(folder) / MODEL_META
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TunelabError(f"{folder}: not a tunelab model folder (no {MODEL_META})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise TunelabError(f"{path}: damaged ({err}); export or train the model again") from None
+    if not isinstance(meta, dict):
+        raise TunelabError(f"{path}: damaged (expected a JSON object); export or train the model again")
+    return meta
