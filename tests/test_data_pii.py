@@ -45,6 +45,22 @@ def redacted(text):
     ("host 10.0.0.255:8080", "host [IP]:8080"),
     ("IPv6 2001:db8::8a2e:370:7334", "IPv6 [IP]"),
     ("loopback ::1 and fe80::1", "loopback [IP] and [IP]"),
+    ("여권번호 M12345678", "여권번호 [PASSPORT]"),
+    ("여권M123A4567입니다", "여권[PASSPORT]입니다"),  # the newer layout, Hangul touching
+    ("관용 여권 S12345678, 외교관 D12345678", "관용 여권 [PASSPORT], 외교관 [PASSPORT]"),
+    ("passport no. X1234567", "passport no. [PASSPORT]"),
+    ("Passport #: 123456789", "Passport #: [PASSPORT]"),
+    ("Passport No.: E12345678 (exp. 2030-01-01)", "Passport No.: [PASSPORT] (exp. 2030-01-01)"),
+    ("my passport's number:C01X00T47.", "my passport's number:[PASSPORT]."),
+    ("운전면허 11-12-345678-90", "운전면허 [LICENSE]"),
+    ("면허 28-05-123456-78 확인", "면허 [LICENSE] 확인"),
+    ("면허증 서울 12-345678-90", "면허증 [LICENSE]"),  # the older form with the region's name
+    ("운전면허번호: 11 12 345678 90", "운전면허번호: [LICENSE]"),
+    ("면허번호 111234567890", "면허번호 [LICENSE]"),
+    ("driver's license number D123-4567-8901", "driver's license number [LICENSE]"),
+    ("Driver’s licence no. 111234567890", "Driver’s licence no. [LICENSE]"),
+    ("driving licence number: MORGA657054SM9IJ", "driving licence number: [LICENSE]"),
+    ("DL# A1234567", "DL# [LICENSE]"),
 ])
 def test_redacted(text, expected):
     assert redacted(text) == expected
@@ -80,6 +96,41 @@ def test_redacted(text, expected):
     "pkg@1.2.3",
     "@mention",
     "전화 1234",
+    # passport look-alikes: other first letters, lengths, lower case, glued letters, product codes
+    "A12345678",
+    "M1234567",
+    "M123456789",
+    "m12345678",
+    "SM12345678",
+    "M12345678A",
+    "M123A456",
+    "M12345678-1",
+    "주문번호 S12345678",
+    "모델 M123A4567",
+    "SKU: R12345678",
+    "Galaxy SM-G991N",
+    "B737-800",
+    "passport photo 20301231",  # no number word: a date, not a number
+    "passport expires 2030-01-01",
+    "Passport: 20301231",  # a date after the cue
+    "passport no. ABCDEFG",  # no digits
+    "passport no. 2024",  # too short
+    # licence look-alikes: region code outside 11-28, other group sizes, dates, business numbers
+    "29-12-345678-90",
+    "10-12-345678-90",
+    "11-12-3456789-0",
+    "11-12-345678",
+    "11-12-345678-901",
+    "2024-11-12",
+    "driver's license 2 years",
+    "driver's license: valid",
+    "운전면허 1종 보통",
+    "면허 취득 2019년",
+    "면허번호 없음",
+    "면허: 2024-01-15",
+    "사업자 면허: 123-45-67890",
+    "dl: 12345678",  # 'DL' only in capitals
+    "DL 2024",
 ])
 def test_near_misses_kept(text):
     assert redacted(text) == text
@@ -89,6 +140,17 @@ def test_version_strings_decision():
     # a bare four-part number is indistinguishable from an IPv4 address: redacted
     assert redacted("build 1.2.3.4") == "build [IP]"
     assert redacted("v1.2.3.4") == "v1.2.3.4"
+
+
+def test_passport_and_licence_types_and_overlaps():
+    text = "여권 M12345678 면허 11-12-345678-90 전화 010-1234-5678"
+    new, found = pii.redact(text)
+    assert new == "여권 [PASSPORT] 면허 [LICENSE] 전화 [PHONE]"
+    assert [f.type for f in found] == ["PASSPORT", "LICENSE", "PHONE"]
+    # the same digits after an account word are an account (the account layout check decides)
+    assert redacted("입금 계좌 11-12-345678-90") == "입금 계좌 [ACCOUNT]"
+    assert pii.redact(text, types=["PASSPORT"])[0] == "여권 [PASSPORT] 면허 11-12-345678-90 전화 010-1234-5678"
+    assert {"PASSPORT", "LICENSE"} <= set(pii.TYPES)
 
 
 def test_findings_types_spans_and_no_text():

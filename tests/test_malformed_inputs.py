@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from tests.helpers import base_config, make_model_dir, synthetic_rows, write_config
+
 from tunelab.cli import main
 
 

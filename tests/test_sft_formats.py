@@ -3,7 +3,7 @@
 import pytest
 
 from tunelab.errors import TunelabError
-from tunelab.sft.formats import context_field, detect_format, row_to_messages, split_prompt, with_text
+from tunelab.sft.formats import FORMATS, context_field, detect_format, row_to_messages, split_prompt, with_text
 
 
 def test_detect_each_format():
@@ -76,8 +76,81 @@ def test_bad_rows_name_file_line_and_field(row, fmt, needle):
 
 
 def test_unknown_format_is_an_error():
-    with pytest.raises(TunelabError, match="unknown data format 'sharegpt'"):
-        row_to_messages({"prompt": "p", "completion": "c"}, "sharegpt")
+    with pytest.raises(TunelabError, match="unknown data format 'openai_chat'"):
+        row_to_messages({"prompt": "p", "completion": "c"}, "openai_chat")
+
+
+SHAREGPT = {"conversations": [
+    {"from": "system", "value": "Be brief."},
+    {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"},
+    {"from": "user", "value": "2+2?"}, {"from": "assistant", "value": "4"},
+], "_line": 4}
+
+
+def test_detect_sharegpt():
+    assert detect_format(SHAREGPT) == "sharegpt"
+    assert detect_format({"conversations": []}) == "sharegpt"
+    assert detect_format({"messages": [{"from": "human", "value": "q"}]}) == "sharegpt"
+    assert detect_format({"messages": [{"role": "user", "content": "q"}]}) == "messages"
+    assert "sharegpt" in FORMATS
+
+
+def test_sharegpt_rows_become_chat_messages():
+    msgs = row_to_messages(SHAREGPT)
+    assert msgs == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
+    ]
+    # the same turns under `messages` (LLaMA-Factory's sharegpt option), roles in any case
+    other = {"messages": [{"from": "Human", "value": "q"}, {"from": "bot", "value": "a"}]}
+    assert [m["role"] for m in row_to_messages(other)] == ["user", "assistant"]
+    assert row_to_messages(SHAREGPT, "sharegpt", require_answer=False)[-1] == {"role": "user", "content": "2+2?"}
+    prompt, ref = split_prompt(msgs)
+    assert ref == "4" and prompt[0]["role"] == "system"
+
+
+def test_sharegpt_top_level_system_field():
+    row = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "system": "Be kind."}
+    assert row_to_messages(row)[0] == {"role": "system", "content": "Be kind."}
+    assert row_to_messages({**row, "system": ""})[0]["role"] == "user"
+
+
+@pytest.mark.parametrize("row, fmt, needle", [
+    ({"conversations": [], "_line": 30}, "auto", "train.json:30: field 'conversations' must be a non-empty list"),
+    ({"conversations": [{"from": "human", "value": "q"}], "_line": 31}, "auto",
+     "train.json:31: 'conversations' must end with an assistant answer (from gpt/assistant)"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "tool", "value": "x"}], "_line": 32}, "auto",
+     "train.json:32: conversations[1]: role 'tool' ('from') is not one of human, user (user turns), gpt, assistant, bot (answers), system"),
+    ({"conversations": [{"from": "gpt", "value": "a"}], "_line": 33}, "auto",
+     "train.json:33: conversations[0]: expected role 'user', got 'gpt' (= assistant)"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": " "}], "_line": 34}, "auto",
+     "train.json:34: conversations[1]: assistant 'value' is empty (the answer must not be empty)"),
+    ({"conversations": [{"role": "user", "content": "q"}], "_line": 35}, "auto",
+     "train.json:35: conversations[0] must be an object with 'from' and 'value'"),
+    ({"conversations": [{"from": "human", "value": None}], "_line": 36}, "auto",
+     "train.json:36: conversations[0]: 'value' must be a string, got NoneType"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "system", "value": "s"}], "_line": 37}, "auto",
+     "train.json:37: conversations[1]: a system message may only come first"),
+    ({"conversations": [{"from": "system", "value": "s"}], "system": "t", "_line": 38}, "auto",
+     "train.json:38: conversations[0]: a system turn and a top-level 'system' field; keep one"),
+    ({"conversations": [{"from": "system", "value": "s"}, {"from": "gpt", "value": "a"}], "_line": 39}, "auto",
+     "train.json:39: conversations[1]: expected role 'user', got 'gpt'"),
+    ({"conversations": "hi", "_line": 40}, "auto", "train.json:40: field 'conversations' must be a non-empty list"),
+    ({"messages": [{"from": "human", "value": "q"}], "_line": 41}, "auto",
+     "train.json:41: 'messages' must end with an assistant answer"),
+    ({"conversations": [{"from": ["x"], "value": "q"}], "_line": 42}, "auto", "train.json:42: conversations[0]: role ['x']"),
+    ({"prompt": "p", "_line": 43}, "sharegpt", "train.json:43: field 'conversations' must be a non-empty list"),
+])
+def test_bad_sharegpt_rows_name_file_line_and_role(row, fmt, needle):
+    with pytest.raises(TunelabError) as e:
+        row_to_messages(row, fmt, source="train.json")
+    assert needle in str(e.value)
+
+
+def test_sharegpt_without_an_answer_for_inference():
+    row = {"conversations": [{"from": "human", "value": "q"}]}
+    assert row_to_messages(row, require_answer=False) == [{"role": "user", "content": "q"}]
 
 
 def test_context_field_and_rebuilt_content():

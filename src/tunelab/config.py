@@ -135,7 +135,7 @@ class SftConfig(Section):
     system: Optional[str] = Field(None, description="System prompt used when a row has none (replaces the template's default).")
     stop: Optional[list[str]] = Field(None, description="Strings that end a generated answer besides end-of-sequence (default: the template's own).")
     user_template: Optional[TEXT_TEMPLATES] = Field(None, description="template chat: lay out user turns with this text template's prompt (e.g. docqa-ko inside the chat format).")
-    format: Literal["auto", "alpaca", "prompt_completion", "messages", "docqa"] = Field("auto", description="Row format: alpaca (instruction/input/output), prompt_completion, messages (chat), docqa (question/context/answer); auto = from each row's keys.")
+    format: Literal["auto", "alpaca", "prompt_completion", "messages", "sharegpt", "docqa"] = Field("auto", description="Row format: alpaca (instruction/input/output), prompt_completion, messages (chat), sharegpt (conversations of from/value turns), docqa (question/context/answer); auto = from each row's keys.")
     train_on_prompt: bool = Field(False, description="Also train on prompt tokens (default: the loss covers answer tokens and end-of-sequence only).")
     split_by: Optional[str] = Field(None, description="Field whose rows stay together when splitting (e.g. context: test documents are never seen in training).")
     examples: int = Field(5, ge=0, description="Rows shown in examples.md (prompt, reference, generated).")

@@ -55,7 +55,7 @@ def configure(p) -> None:
     c.add_argument("--report", help="report JSONL (default OUTPUT stem + .report.jsonl; summary in .summary.json)")
     _add_reader_args(c)
     c.add_argument("--no-pii", action="store_true", help="do not redact personal data")
-    c.add_argument("--pii-types", help="redact only these, comma-separated: EMAIL,PHONE,RRN,CARD,ACCOUNT,IP")
+    c.add_argument("--pii-types", help="redact only these, comma-separated: EMAIL,PHONE,RRN,CARD,ACCOUNT,IP,PASSPORT,LICENSE")
     c.add_argument("--near-dup-threshold", type=_threshold, default=0.7, help="Jaccard threshold (default 0.7; 0: keep near duplicates)")
     c.add_argument("--no-exact-dedup", action="store_true", help="keep exact duplicates")
     c.add_argument("--min-chars", type=int, default=1, help="drop rows shorter than this (default 1)")

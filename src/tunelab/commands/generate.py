@@ -33,7 +33,7 @@ def configure(p):
     src.add_argument("--input", help="a .txt file (one prompt per line) or JSONL/CSV/Parquet rows in an SFT format (answers, if any, are ignored)")
     p.add_argument("--context", default=None, help="with --prompt: the document for a document-QA run (text, or @FILE)")
     p.add_argument("--output", default="-", help="with --input: JSONL output (each row plus 'generated'), or '-' for stdout")
-    p.add_argument("--format", default="auto", choices=["auto", "alpaca", "prompt_completion", "messages", "docqa"], help="row format of --input")
+    p.add_argument("--format", default="auto", choices=["auto", "alpaca", "prompt_completion", "messages", "sharegpt", "docqa"], help="row format of --input")
     p.add_argument("--batch-size", type=int, default=8)
     add_decoding_options(p)
 

@@ -27,7 +27,7 @@ from tunelab.data import dedup, normalize, pii
 from tunelab.data.pii import TYPES as PII_TYPES
 from tunelab.errors import TunelabError
 
-TEXT_COLUMN_GUESSES = ("text", "sentence", "content", "question", "instruction", "prompt", "input", "messages", "document", "body")
+TEXT_COLUMN_GUESSES = ("text", "sentence", "content", "question", "instruction", "prompt", "input", "messages", "conversations", "document", "body")
 LANGS = ("any", "ko", "en")
 Embed = Callable[[list[str]], np.ndarray]
 _PLACEHOLDER = re.compile(r"\[(?:" + "|".join(PII_TYPES) + r")\]")  # not letters of the text
@@ -114,14 +114,15 @@ def _is_id(name: str) -> bool:
 
 
 def row_text(row: dict, columns: Sequence[str]) -> str:
-    """The text of `columns` in a row joined by newlines; chat messages contribute their contents."""
+    """The text of `columns` in a row joined by newlines; chat messages contribute their contents
+    (`content`, or ShareGPT's `value`)."""
     parts = []
     for c in columns:
         v = row.get(c)
         if v is None:
             continue
         if isinstance(v, list):  # [{"role": ..., "content": ...}, ...]
-            parts.extend(str(m.get("content", "")) if isinstance(m, dict) else str(m) for m in v)
+            parts.extend(str(m.get("content", m.get("value", ""))) if isinstance(m, dict) else str(m) for m in v)
         else:
             parts.append(v if isinstance(v, str) else str(v))
     return "\n".join(p for p in parts if p)

@@ -24,10 +24,25 @@ Types and what is matched (digits next to Hangul still match: '연락처010-1234
           string is also a valid IPv4 address; we redact it unless 'v', 'ver', 'version' or
           '버전' stands right before it ('v1.2.3.4' stays): an address leaks more than a version
           hides.
+- PASSPORT Korean passport numbers anywhere: M/S/R/O/D + 8 digits (M12345678) or the newer
+          letter + 3 digits + letter + 4 digits (M123A4567), capital letters, not glued to other
+          letters or digits, and not right after an order/product/serial cue (주문번호 S12345678
+          stays). After 'passport no.', 'passport number:', '여권번호' and the like (a number word,
+          ':' or '#' is required) also any 6-9 letters and digits with at least 5 digits
+          (passport no. X1234567, Passport #: 123456789).
+- LICENSE Driver's licence numbers. Korean anywhere: region code 11-28, 2 digits, 6 digits,
+          2 digits, hyphenated (11-12-345678-90), or with the region's name (서울 12-345678-90).
+          After 'driver's licence/license number', 'driving licence no.', 'DL#', '운전면허번호',
+          '면허번호' and the like: the Korean layout with spaces or none (111234567890), or any
+          5-20 letters, digits and single hyphens with at least 4 digits (D123-4567-8901).
+          A date after a cue (an expiry date, 2030-01-01, 20300101) is not a number: kept.
 
 Near misses that are kept: dates (2024-01-15, 2024.01.15, 20240115), prices (1,234,567원,
 $1,299.99), years, times (12:30:45), order numbers that fail Luhn, business registration numbers
-(123-45-67890), postal codes, impossible dates in RRN position (991332-1234567).
+(123-45-67890), postal codes, impossible dates in RRN position (991332-1234567), product and
+model codes that only resemble a passport number (A12345678, M1234567, SM12345678, SM-G991N,
+주문번호 S12345678), licence-like numbers with a region code outside 11-28 (29-12-345678-90),
+'passport' or 'licence' followed by a date or a count without a number word.
 
 Findings carry the type and the span only, never the matched text, so a cleaning report does not
 leak what it removed.
@@ -41,9 +56,9 @@ import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
-TYPES = ("EMAIL", "PHONE", "RRN", "CARD", "ACCOUNT", "IP")
+TYPES = ("EMAIL", "PHONE", "RRN", "CARD", "ACCOUNT", "IP", "PASSPORT", "LICENSE")
 # on overlap the longer match wins; on equal length the earlier type here
-_PRIORITY = {t: i for i, t in enumerate(("EMAIL", "RRN", "CARD", "ACCOUNT", "PHONE", "IP"))}
+_PRIORITY = {t: i for i, t in enumerate(("EMAIL", "RRN", "CARD", "ACCOUNT", "PASSPORT", "LICENSE", "PHONE", "IP"))}
 
 
 class Finding(NamedTuple):
@@ -92,6 +107,38 @@ _IPV4 = re.compile(
 )
 _VERSION_BEFORE = re.compile(r"(?:\bv|\bver\.?|\bversion|버전)\s*$", re.IGNORECASE)
 _IPV6 = re.compile(r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?::\d{1,3}(?:\.\d{1,3}){3})?(?![\w:])")
+
+# An identifier-like token glued to nothing ASCII: Hangul may touch it ('여권M12345678').
+_IL = r"(?<![0-9A-Za-z])"
+_IR = r"(?![0-9A-Za-z])(?![-.][0-9A-Za-z])"
+# 'number' words between a cue and its number: 'no.', 'No.:', 'number', '#', '번호'; or ':' alone
+_NUMBER_WORD = r"(?:\s*(?:no\.?|nr\.?|num(?:ber)?\.?|#|번호)\s*[:：#]?|\s*[:：#])\s*"
+
+_KR_PASSPORT = re.compile(rf"{_IL}[MSROD](?:\d{{8}}|\d{{3}}[A-Z]\d{{4}}){_IR}")
+_PASSPORT_CUED = re.compile(
+    rf"(?:\bpassport|여권)(?:['’]s)?{_NUMBER_WORD}(?P<n>[A-Za-z0-9]{{6,9}}){_IR}", re.IGNORECASE
+)
+# codes of other things right before a bare passport-shaped token
+_NOT_PERSONAL_BEFORE = re.compile(
+    r"(주문|송장|운송장|품번|모델|제품|상품|부품|일련|시리얼|order|sku|invoice|model|part|item|serial|ticket|"
+    r"tracking|ref(?:erence)?|product|code)\s*(번호|no\.?|number|#)?\s*[:：#]?\s*$",
+    re.IGNORECASE,
+)
+
+_KR_REGION_CODE = r"(?:1[1-9]|2[0-8])"
+_KR_REGION_NAME = r"(?:서울|부산|경기(?:남부|북부)?|강원|충북|충남|전북|전남|경북|경남|제주|대구|인천|광주|대전|울산)"
+_KR_LICENSE = re.compile(
+    rf"{_L}{_KR_REGION_CODE}-\d{{2}}-\d{{6}}-\d{{2}}{_R}|{_KR_REGION_NAME}\s?\d{{2}}-\d{{6}}-\d{{2}}{_R}"
+)
+_LICENSE_CUED = re.compile(
+    r"(?:\bdriv(?:er|ing)(?:['’]?s)?\s+licen[cs]e|\b(?-i:DL)|운전\s?면허(?:증)?|면허(?=\s?번호))"
+    rf"{_NUMBER_WORD}(?P<n>{_KR_REGION_CODE}(?P<ks>[- ]?)\d{{2}}(?P=ks)\d{{6}}(?P=ks)\d{{2}}(?![0-9A-Za-z])"
+    rf"|[A-Za-z0-9](?:-?[A-Za-z0-9]){{4,19}}{_IR})",
+    re.IGNORECASE,
+)
+
+# a number after a cue that is a date (an expiry or issue date): kept
+_DATE_TOKEN = re.compile(r"(?:19|20)\d\d([-./]?)(?:0[1-9]|1[0-2])\1(?:0[1-9]|[12]\d|3[01])")
 
 
 _DIGIT_OR_AT = re.compile(r"[0-9@]")
@@ -177,9 +224,37 @@ def _find_ip(text: str) -> Iterable[tuple[int, int]]:
                 yield m.span()
 
 
+_LICENSE_MIDDLE = re.compile(r"-\d{6}-")  # every bare Korean licence number has it (a fast pre-check)
+
+
+def _find_passport(text: str) -> Iterable[tuple[int, int]]:
+    for m in _KR_PASSPORT.finditer(text):
+        if not _NOT_PERSONAL_BEFORE.search(text, max(0, m.start() - 20), m.start()):
+            yield m.span()
+    if "여권" not in text and "passport" not in text.lower():
+        return
+    for m in _PASSPORT_CUED.finditer(text):
+        n = m.group("n")
+        if sum(c.isdigit() for c in n) >= 5 and not _DATE_TOKEN.fullmatch(n):
+            yield m.span("n")
+
+
+def _find_license(text: str) -> Iterable[tuple[int, int]]:
+    if _LICENSE_MIDDLE.search(text):
+        for m in _KR_LICENSE.finditer(text):
+            yield m.span()
+    if "면허" not in text and "DL" not in text and "licen" not in text.lower():
+        return
+    for m in _LICENSE_CUED.finditer(text):
+        n = m.group("n")
+        if sum(c.isdigit() for c in n) >= 4 and not _DATE_TOKEN.fullmatch(n):
+            yield m.span("n")
+
+
 _FINDERS = {
     "EMAIL": _find_email, "PHONE": _find_phone, "RRN": _find_rrn,
     "CARD": _find_card, "ACCOUNT": _find_account, "IP": _find_ip,
+    "PASSPORT": _find_passport, "LICENSE": _find_license,
 }  # fmt: skip
 
 

@@ -1,8 +1,10 @@
-"""Read tabular text data (CSV, TSV, JSONL, Parquet, or one folder per label) into row dicts.
+"""Read tabular text data (CSV, TSV, JSONL, JSON arrays, Parquet, or one folder per label) into row dicts.
 
 Every row remembers where it came from (`_line`: 1-based line in the file, or the row number for
 Parquet, or the file name for folders) so that every later error can name file and line.
-Input files are only read, never modified.
+A `.json` (or `.jsonl`) file whose first non-space character is `[` is one array of objects (the
+original Alpaca file, LLaMA-Factory's data files); its rows' `_line` is the line where each object
+starts, or `"item N"` when the file puts several objects on one line. Any other is JSON Lines. Input files are only read, never modified.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 from tunelab.errors import TunelabError
@@ -73,20 +76,116 @@ def _read_delimited(path: Path, delimiter: str, encoding: str, header: bool, col
     return rows
 
 
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _json_msg(err: json.JSONDecodeError) -> str:
+    """The decoder's message without a dangling 'at' ('Invalid control character at')."""
+    return err.msg.removesuffix(" at")
+
+
+def _json_kind(value) -> str:
+    """How a JSON value is named in messages: 'a string ("hello")', 'an array', 'null'."""
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"a string ({json.dumps(shown, ensure_ascii=False)})"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if value is None:
+        return "null"
+    return "an array"
+
+
+def _read_json_array(path: Path, text: str) -> list[dict]:
+    """One JSON array of objects; each row's `_line` is the line where its object starts."""
+    decoder = json.JSONDecoder()
+    counted_to, line = 0, 1  # `line` is the line number at offset `counted_to` (offsets only grow)
+
+    def line_at(offset: int) -> int:
+        nonlocal counted_to, line
+        line += text.count("\n", counted_to, offset)
+        counted_to = offset
+        return line
+
+    def fail(offset: int, what: str) -> TunelabError:
+        row, col = text.count("\n", 0, offset) + 1, offset - text.rfind("\n", 0, offset)
+        return TunelabError(f"{path}:{row}: not valid JSON ({what} at column {col})")
+
+    pos = _JSON_SPACE.match(text).end() + 1  # just after the opening '['
+    rows: list[dict] = []
+    starts: list[int] = []
+    pos = _JSON_SPACE.match(text, pos).end()
+    if text.startswith("]", pos):
+        pos += 1
+    else:
+        while True:
+            try:
+                value, end = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError as err:
+                raise TunelabError(f"{path}:{err.lineno}: not valid JSON ({_json_msg(err)} at column {err.colno})") from None
+            number = len(rows) + 1
+            start = line_at(pos)
+            if not isinstance(value, dict):
+                raise TunelabError(f"{path}: item {number}: expected an object with fields, got {_json_kind(value)} (line {start})")
+            rows.append(value)
+            starts.append(start)
+            pos = _JSON_SPACE.match(text, end).end()
+            if text.startswith(",", pos):
+                pos = _JSON_SPACE.match(text, pos + 1).end()
+                if text.startswith("]", pos):
+                    raise fail(pos, f"a comma after item {number} and no item before ']'")
+                continue
+            if text.startswith("]", pos):
+                pos += 1
+                break
+            if pos >= len(text):
+                raise fail(pos, f"the file ends after item {number} without the closing ']'")
+            raise fail(pos, f"expected ',' or ']' after item {number}")
+    pos = _JSON_SPACE.match(text, pos).end()
+    if pos < len(text):
+        raise fail(pos, "extra data after the array's closing ']'")
+    one_per_line = all(a < b for a, b in zip(starts, starts[1:]))
+    for number, (row, start) in enumerate(zip(rows, starts), start=1):
+        row["_line"] = start if one_per_line else f"item {number}"
+    return rows
+
+
 def _read_jsonl(path: Path, encoding: str) -> list[dict]:
+    lines = _decode_lines(path, encoding)
+    whole = "".join(lines)
+    if whole.lstrip(" \t\r\n").startswith("["):
+        return _read_json_array(path, whole)
     rows = []
-    for number, text in enumerate(_decode_lines(path, encoding), start=1):
+    for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
         try:
             row = json.loads(text)
         except json.JSONDecodeError as err:
-            raise TunelabError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from None
+            if not rows:
+                _refuse_single_object(path, whole)
+            raise TunelabError(f"{path}:{number}: not valid JSON ({_json_msg(err)} at column {err.colno})") from None
         if not isinstance(row, dict):
             raise TunelabError(f"{path}:{number}: expected a JSON object per line, found {type(row).__name__}")
         row["_line"] = number
         rows.append(row)
     return rows
+
+
+def _refuse_single_object(path: Path, text: str) -> None:
+    """A file that is one JSON object spread over lines gets its own message (not 'line 1: ...')."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return
+    if isinstance(value, dict):
+        keys = ", ".join(list(value)[:8])
+        raise TunelabError(
+            f"{path}: holds one JSON object (keys: {keys}); expected an array of objects "
+            "([{...}, {...}]) or one object per line (JSON Lines)"
+        )
 
 
 def _read_parquet(path: Path) -> list[dict]:

@@ -1,11 +1,16 @@
 """Instruction-data rows -> chat messages: the first step of SFT data (row -> messages -> ids).
 
-Four row formats are understood, detected from the keys or named explicitly:
+Five row formats are understood, detected from the keys or named explicitly:
 
     alpaca             {"instruction": ..., "input": ... (optional), "output": ...}
     prompt_completion  {"prompt": ..., "completion": ...}
     messages           {"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}
     docqa              {"question": ..., "context": ..., "answer": ..., "lang": "ko"|"en" (optional)}
+    sharegpt           {"conversations": [{"from": "human"|"gpt"|..., "value": ...}, ...],
+                        "system": ... (optional)}; also `messages` holding from/value turns
+
+ShareGPT roles map to chat roles: human/user -> user, gpt/assistant/bot -> assistant, system ->
+system (case-insensitive); a top-level `system` string becomes the system message.
 
 Every format becomes the same list of messages, `{"role", "content"}` dicts. A user message built
 from a structured row also keeps the row's prompt-side fields under `"fields"` (the answer is never
@@ -19,8 +24,12 @@ import re
 
 from tunelab.errors import TunelabError
 
-FORMATS = ("alpaca", "prompt_completion", "messages", "docqa")
+FORMATS = ("alpaca", "prompt_completion", "messages", "docqa", "sharegpt")
 ROLES = ("system", "user", "assistant")
+# ShareGPT `from` values -> chat roles
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "bot": "assistant", "system": "system"}
+_SHAREGPT_ACCEPTED = "human, user (user turns), gpt, assistant, bot (answers), system"
 
 # The field that a too-long prompt shortens, the first present in this order (tokenize.py);
 # the docqa question is never cut: without its context the row is dropped instead.
@@ -45,8 +54,10 @@ def detect_format(row: dict, source: str = "<data>") -> str:
     'docqa'
     """
     keys = set(row)
+    if "conversations" in keys:
+        return "sharegpt"
     if "messages" in keys:
-        return "messages"
+        return "sharegpt" if _from_value_turns(row["messages"]) else "messages"
     if {"question", "context"} <= keys:
         return "docqa"
     if "instruction" in keys:
@@ -56,9 +67,15 @@ def detect_format(row: dict, source: str = "<data>") -> str:
     shown = sorted(k for k in keys if not k.startswith("_"))
     raise TunelabError(
         f"{where(row, source)}: cannot tell the row format from its keys {shown}; expected "
-        "'instruction'/'output' (alpaca), 'prompt'/'completion', 'messages', or "
-        "'question'/'context'/'answer' (docqa)"
+        "'instruction'/'output' (alpaca), 'prompt'/'completion', 'messages', "
+        "'conversations' (sharegpt), or 'question'/'context'/'answer' (docqa)"
     )
+
+
+def _from_value_turns(turns) -> bool:
+    """True if a list of turns is ShareGPT-shaped (`from`/`value`, no `role`)."""
+    first = next((t for t in turns if isinstance(t, dict)), None) if isinstance(turns, list) else None
+    return first is not None and "from" in first and "role" not in first
 
 
 def is_korean(text: str) -> bool:
@@ -115,7 +132,7 @@ def _chat(row: dict, source: str, require_answer: bool) -> list[dict]:
     msgs = row.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise TunelabError(f"{where(row, source)}: field 'messages' must be a non-empty list")
-    out = []
+    turns = []
     for i, m in enumerate(msgs):
         at = f"{where(row, source)}: messages[{i}]"
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
@@ -125,18 +142,60 @@ def _chat(row: dict, source: str, require_answer: bool) -> list[dict]:
             raise TunelabError(f"{at}: role '{role}' is not one of {', '.join(ROLES)}")
         if not isinstance(content, str):
             raise TunelabError(f"{at}: 'content' must be a string")
+        turns.append((at, role, role, content))
+    return _ordered(turns, row, source, "messages", "content", require_answer)
+
+
+def _sharegpt(row: dict, source: str, require_answer: bool) -> list[dict]:
+    """Validate a ShareGPT row (`conversations`, or `messages` with from/value) into chat messages."""
+    key = "conversations" if "conversations" in row or "messages" not in row else "messages"
+    convo = row.get(key)
+    if not isinstance(convo, list) or not convo:
+        raise TunelabError(
+            f"{where(row, source)}: field '{key}' must be a non-empty list of "
+            "{'from': ..., 'value': ...} turns (the conversation is empty)"
+        )
+    turns = []
+    system = row.get("system")
+    if system is not None and not isinstance(system, str):
+        raise TunelabError(f"{where(row, source)}: field 'system' must be a string, got {type(system).__name__}")
+    if system and system.strip():
+        turns.append((f"{where(row, source)}: system", "system", "system", system))
+    for i, t in enumerate(convo):
+        at = f"{where(row, source)}: {key}[{i}]"
+        if not isinstance(t, dict) or "from" not in t or "value" not in t:
+            raise TunelabError(f"{at} must be an object with 'from' and 'value'")
+        name, value = t["from"], t["value"]
+        role = SHAREGPT_ROLES.get(name.strip().lower()) if isinstance(name, str) else None
+        if role is None:
+            raise TunelabError(f"{at}: role {name!r} ('from') is not one of {_SHAREGPT_ACCEPTED}")
+        if not isinstance(value, str):
+            raise TunelabError(f"{at}: 'value' must be a string, got {type(value).__name__}")
+        if role == "system" and turns and turns[0][1] == "system" and i == 0:
+            raise TunelabError(f"{at}: a system turn and a top-level 'system' field; keep one")
+        turns.append((at, role, name, value))
+    return _ordered(turns, row, source, key, "value", require_answer)
+
+
+def _ordered(turns: list[tuple], row: dict, source: str, key: str, text_key: str, require_answer: bool) -> list[dict]:
+    """Check (where, role, name as written, text) turns: system first (optional), then user and
+    assistant alternating, answers not empty, an answer last when required."""
+    out = []
+    for i, (at, role, name, content) in enumerate(turns):
         if role == "system" and i != 0:
             raise TunelabError(f"{at}: a system message may only come first")
         expected = "user" if (len(out) == 0 or out[-1]["role"] != "user") else "assistant"
         if role != "system" and role != expected:
-            raise TunelabError(f"{at}: expected role '{expected}', got '{role}'")
+            shown = f"'{name}'" if name == role else f"'{name}' (= {role})"
+            raise TunelabError(f"{at}: expected role '{expected}', got {shown}")
         if role == "assistant" and not content.strip():
-            raise TunelabError(f"{at}: assistant 'content' is empty (the answer must not be empty)")
+            raise TunelabError(f"{at}: assistant '{text_key}' is empty (the answer must not be empty)")
         out.append({"role": role, "content": content})
     if require_answer and out[-1]["role"] != "assistant":
-        raise TunelabError(f"{where(row, source)}: 'messages' must end with an assistant message")
+        answer = "an assistant message" if key == "messages" and text_key == "content" else "an assistant answer (from gpt/assistant)"
+        raise TunelabError(f"{where(row, source)}: '{key}' must end with {answer}")
     if not any(m["role"] == "user" for m in out):
-        raise TunelabError(f"{where(row, source)}: 'messages' has no user message")
+        raise TunelabError(f"{where(row, source)}: '{key}' has no user message")
     return out
 
 
@@ -156,8 +215,8 @@ def row_to_messages(
         fmt = detect_format(row, source)
     if fmt not in FORMATS:
         raise TunelabError(f"unknown data format '{fmt}'; expected auto or one of {', '.join(FORMATS)}")
-    if fmt == "messages":
-        msgs = _chat(row, source, require_answer)
+    if fmt in ("messages", "sharegpt"):
+        msgs = (_chat if fmt == "messages" else _sharegpt)(row, source, require_answer)
         if not require_answer and msgs[-1]["role"] == "assistant":
             msgs = msgs[:-1]
         return msgs
