@@ -38,6 +38,7 @@ def world(tmp_path_factory):
     (root / "mixed-labels.jsonl").write_text('{"text": "a b", "label": 1}\n{"text": "c d", "label": "1"}\n' * 5)
     (root / "object-text.jsonl").write_text('{"text": {"a": 1}, "label": "x"}\n' * 5)
     (root / "a-file").write_text("not a folder\n")
+    (root / "dup-columns.csv").write_text("text,label,text\nwin cash,spam,see you\n" * 3)
     (root / "not-tunelab").mkdir()
     (root / "not-tunelab" / "notes.txt").write_text("mine\n")
     # A run whose weights were cut short, and one whose tunelab.json is damaged.
@@ -69,6 +70,7 @@ CASES = [
     ("train: header-only data", lambda w: ["train", config_with(w, "h", data__train=str(w / "header-only.csv"))], "header-only.csv"),
     ("train: labels of mixed types", lambda w: ["train", config_with(w, "m", data__train=str(w / "mixed-labels.jsonl"))], "mixed-labels.jsonl:2"),
     ("train: a JSON object as text", lambda w: ["train", config_with(w, "o", data__train=str(w / "object-text.jsonl"))], "not a string"),
+    ("train: a column named twice", lambda w: ["train", config_with(w, "d", data__train=str(w / "dup-columns.csv"))], "'text' more than once"),
     ("train: missing model", lambda w: ["train", config_with(w, "nm", model__name=str(w / "no-model"))], "no-model"),
     ("train: unknown encoding", lambda w: ["train", config_with(w, "enc", data__encoding="utf-99")], "utf-99"),
     ("predict: output is the input", lambda w: ["predict", str(w / "runs/good"), "--input", str(w / "texts.txt"), "--output", str(w / "texts.txt")], "is the input"),

@@ -60,6 +60,10 @@ def _read_delimited(path: Path, delimiter: str, encoding: str, header: bool, col
             if names is None:
                 if header:
                     names = [c.strip() for c in record]
+                    repeated = sorted({c for c in names if names.count(c) > 1})
+                    if repeated:
+                        raise TunelabError(f"{path}:{line}: the header names column {', '.join(repr(c) for c in repeated)} more than once; "
+                                           "rename the columns so each name is used once (otherwise one of them would be silently lost)")
                     continue
                 names = [f"column{i}" for i in range(len(record))]
             if len(record) != len(names):
