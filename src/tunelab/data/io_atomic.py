@@ -6,15 +6,29 @@ one file system, which the same folder guarantees). If anything fails the tempor
 removed and the destination is left as it was.
 
     write_jsonl_atomic("out/clean.jsonl", [{"text": "안녕하세요", "label": 1}])
+
+Folders (a model, a checkpoint) are written the same way by `staged_dir`/`replace_dir`. Every
+temporary name they use is one of these, beside the destination, so that a process killed in the
+middle (kill -9, a power cut) leaves something `remove_stale_temporaries` can recognise and delete
+at the next start, without ever touching a name tunelab did not choose as temporary:
+
+    .tmp-NAME-PID      a folder being written (`staged_dir`); not yet in place, so never valid
+    .trash-NAME-PID    the previous NAME, moved aside by `replace_dir` just before the new one
+                       goes in; if NAME itself is missing the kill fell between the two renames,
+                       and this complete old folder is put back instead of being deleted
+    .gone-NAME-PID     a folder being deleted (`remove_dir`)
+
+(A file writer's own temporary, `.NAME.XXXXXXXX.tmp`, is small and left alone.)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -112,6 +126,10 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     return write_text_atomic(path, text)
 
 
+TEMP_PREFIX, TRASH_PREFIX, GONE_PREFIX = ".tmp-", ".trash-", ".gone-"  # see the module docstring
+_STALE_DIR = re.compile(r"^\.(tmp|trash|gone)-(.+)-(\d+)$")
+
+
 def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike, *, durable: bool = False,
                 trash: str | os.PathLike | None = None) -> Path:
     """Put the finished folder `tmp` where `final` is, replacing the folder there if any.
@@ -129,7 +147,7 @@ def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike, *, durable: bo
                     os.fsync(fh.fileno())
         _fsync_dir(tmp)
     if final.exists():
-        old = Path(trash) if trash is not None else final.with_name(f".trash-{final.name}-{os.getpid()}")
+        old = Path(trash) if trash is not None else final.with_name(f"{TRASH_PREFIX}{final.name}-{os.getpid()}")
         os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
@@ -150,7 +168,7 @@ def staged_dir(final: str | os.PathLike, *, durable: bool = False) -> Iterator[P
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    tmp = final.with_name(f"{TEMP_PREFIX}{final.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -159,3 +177,71 @@ def staged_dir(final: str | os.PathLike, *, durable: bool = False) -> Iterator[P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, final, durable=durable)
+
+
+def remove_dir(path: str | os.PathLike) -> None:
+    """Delete the folder `path` so that it never exists half-deleted under its own name: it is
+    renamed to `.gone-NAME-PID` first (atomic), then removed; a kill meanwhile leaves only that
+    temporary name, which `remove_stale_temporaries` deletes later."""
+    path = Path(path)
+    if not path.exists():
+        return
+    gone = path.with_name(f"{GONE_PREFIX}{path.name}-{os.getpid()}")
+    shutil.rmtree(gone, ignore_errors=True)
+    os.replace(path, gone)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+def _pid_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # called at the start of a run: this process is not writing there (yet)
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, log: Callable[[str], None] = print) -> list[Path]:
+    """Delete the folders interrupted writes left directly in `folder` (the names in the module
+    docstring, nothing else; not recursive) and return the paths removed or restored, one log
+    line each. A `.trash-NAME-PID` whose NAME is missing is renamed back to NAME (the previous
+    complete folder). Entries whose PID is another process still running are kept: it may be
+    writing them now. Symbolic links are never followed or removed. A folder that cannot be
+    removed is logged and left: it wastes space but does not stop a run."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    done: list[Path] = []
+    entries = sorted(folder.iterdir(), key=lambda p: p.name)
+    for entry in entries:
+        if entry.is_symlink():
+            continue
+        match = _STALE_DIR.match(entry.name)
+        if match and entry.is_dir():
+            kind, name, pid = match.group(1), match.group(2), int(match.group(3))
+            if _pid_running(pid):
+                log(f"kept temporary folder {entry}: process {pid}, which may be writing it, is still running")
+                continue
+            final = folder / name
+            if kind == "trash" and not final.exists() and not final.is_symlink():
+                try:
+                    os.replace(entry, final)
+                except OSError as err:
+                    log(f"could not put {entry} back as {final}: {err.strerror or err}")
+                    continue
+                _fsync_dir(folder)
+                log(f"restored {final} from {entry.name}, left by an interrupted replace")
+                done.append(entry)
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            if entry.exists():
+                log(f"could not remove the stale temporary folder {entry} (left by an interrupted write); delete it by hand")
+                continue
+            log(f"removed stale temporary folder {entry} left by an interrupted write")
+            done.append(entry)
+    return done

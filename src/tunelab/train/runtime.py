@@ -63,7 +63,12 @@ def cpu_has_native_bf16() -> bool:
 
 
 def prepare_run_dir(cfg: RunConfig, resume: bool, force: bool) -> Path:
-    """Create the run folder, refusing to overwrite a finished or unfinished run by accident."""
+    """Create the run folder, refusing to overwrite a finished or unfinished run by accident.
+    On resume, first delete the temporary folders a killed write left (of checkpoint or model
+    size: `.tmp-step-*`, `.tmp-best-*`, `.trash-model-*`, ...) in the run folder and checkpoints/,
+    one log line each; see `tunelab.data.io_atomic.remove_stale_temporaries`."""
+    from tunelab.data.io_atomic import remove_stale_temporaries
+
     run_dir = Path(cfg.output_dir)
     config_text = to_yaml(cfg)
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -71,6 +76,8 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, force: bool) -> Path:
         if resume:
             if stored.is_file() and stored.read_text(encoding="utf-8") != config_text:
                 raise TunelabError(f"{stored} differs from the config given now; resume needs the same config (or use --force to start over)")
+            for folder in (run_dir, run_dir / "checkpoints"):
+                remove_stale_temporaries(folder)
         elif force:
             shutil.rmtree(run_dir)
         elif (run_dir / "summary.json").is_file():
