@@ -19,10 +19,14 @@ from tunelab.cli import main
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A tiny trained classification run and the files the cases read."""
+    return build_world(tmp_path_factory.mktemp("malformed"))
+
+
+def build_world(root: Path) -> Path:
+    """A tiny trained classification run and the files the cases read (also used by
+    bench/reliability.py, which counts the outcomes for docs/benchmarks.md)."""
     import csv
 
-    root = tmp_path_factory.mktemp("malformed")
     model = make_model_dir(root, "llama")
     data = root / "messages.csv"
     with open(data, "w", newline="", encoding="utf-8") as fh:
