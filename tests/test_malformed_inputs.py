@@ -42,6 +42,8 @@ def build_world(root: Path) -> Path:
     (root / "mixed-labels.jsonl").write_text('{"text": "a b", "label": 1}\n{"text": "c d", "label": "1"}\n' * 5)
     (root / "object-text.jsonl").write_text('{"text": {"a": 1}, "label": "x"}\n' * 5)
     (root / "a-file").write_text("not a folder\n")
+    (root / "null-text.jsonl").write_text('{"text": "win cash"}\n{"text": null}\n')
+    (root / "cp949.txt").write_bytes("보험금 청구\n".encode("cp949"))
     (root / "dup-columns.csv").write_text("text,label,text\nwin cash,spam,see you\n" * 3)
     (root / "not-tunelab").mkdir()
     (root / "not-tunelab" / "notes.txt").write_text("mine\n")
@@ -77,6 +79,12 @@ CASES = [
     ("train: a column named twice", lambda w: ["train", config_with(w, "d", data__train=str(w / "dup-columns.csv"))], "'text' more than once"),
     ("train: missing model", lambda w: ["train", config_with(w, "nm", model__name=str(w / "no-model"))], "no-model"),
     ("train: unknown encoding", lambda w: ["train", config_with(w, "enc", data__encoding="utf-99")], "utf-99"),
+    ("train: output_dir is a file", lambda w: ["train", config_with(w, "of"), "output_dir=" + str(w / "a-file")], "is an existing file"),
+    ("train: --force on a folder that is not a run", lambda w: ["train", config_with(w, "nr"), "--force", "output_dir=" + str(w / "not-tunelab")], "not a run folder"),
+    ("train: --force on the parent of runs", lambda w: ["train", config_with(w, "pr"), "--force", "output_dir=" + str(w / "runs")], "runs"),
+    ("train: output_dir holds the data", lambda w: ["train", config_with(w, "hd"), "--force", "output_dir=" + str(w)], "holds the input"),
+    ("predict: a null text in a later row", lambda w: ["predict", str(w / "runs/good"), "--input", str(w / "null-text.jsonl")], "null-text.jsonl:2"),
+    ("predict: a text file in cp949", lambda w: ["predict", str(w / "runs/good"), "--input", str(w / "cp949.txt")], "not UTF-8"),
     ("predict: output is the input", lambda w: ["predict", str(w / "runs/good"), "--input", str(w / "texts.txt"), "--output", str(w / "texts.txt")], "is the input"),
     ("predict: empty input", lambda w: ["predict", str(w / "runs/good"), "--input", str(w / "empty.txt"), "--output", str(w / "p.jsonl")], "no rows"),
     ("predict: batch size 0", lambda w: ["predict", str(w / "runs/good"), "--input", str(w / "texts.txt"), "--batch-size", "0"], "--batch-size"),

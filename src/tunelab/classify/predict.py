@@ -77,11 +77,19 @@ def read_texts(path: str, text_column: str = "text") -> list[str]:
     p = Path(path)
     if p.suffix.lower() == ".txt":
         if not p.is_file():
-            raise TunelabError(f"input file not found: {p}")
-        return [line.rstrip("\n") for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+            raise TunelabError(f"input file not found: {p}" if not p.exists() else f"{p}: not a regular file")
+        try:
+            lines = p.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            line = p.read_bytes()[: err.start].count(b"\n") + 1
+            raise TunelabError(f"{p}:{line}: not UTF-8 text (byte {err.object[err.start]:#04x}); convert it, e.g. iconv -f cp949 -t utf-8") from None
+        return [line.rstrip("\n") for line in lines if line.strip()]
     from tunelab.data.readers import read_rows
 
     rows = read_rows(p)
     if rows and text_column not in rows[0]:
         raise TunelabError(f"{p}: no column {text_column!r} (found: {', '.join(k for k in rows[0] if k != '_line')}); use --text-column")
-    return [str(r[text_column]) for r in rows]
+    bad = next((r for r in rows if not isinstance(r.get(text_column), str) or not r[text_column].strip()), None)
+    if bad is not None:
+        raise TunelabError(f"{p}:{bad.get('_line')}: {text_column!r} is {'empty' if bad.get(text_column) in (None, '') else type(bad[text_column]).__name__}; expected a text")
+    return [r[text_column] for r in rows]

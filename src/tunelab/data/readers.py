@@ -229,6 +229,8 @@ def read_rows(path, *, format: str = "auto", encoding: str = "utf-8", header: bo
     path = Path(path)
     if not path.exists():
         raise TunelabError(f"data file not found: {path}")
+    if not (path.is_file() or path.is_dir()):
+        raise TunelabError(f"{path}: not a regular file (a pipe or device would block); save the data to a file first")
     fmt = detect_format(path) if format == "auto" else format
     if fmt in ("csv", "tsv"):
         return _read_delimited(path, "," if fmt == "csv" else "\t", encoding, header, columns, quoting)

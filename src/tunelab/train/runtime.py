@@ -68,10 +68,21 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, force: bool) -> Path:
     size: `.tmp-step-*`, `.tmp-best-*`, `.trash-model-*`, ...) in the run folder and checkpoints/,
     one log line each; see `tunelab.data.io_atomic.remove_stale_temporaries`."""
     from tunelab.data.io_atomic import remove_stale_temporaries
+    from tunelab.data.outputs import is_run_folder
 
     run_dir = Path(cfg.output_dir)
     config_text = to_yaml(cfg)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TunelabError(f"output_dir {run_dir} is an existing file; expected a folder for the run")
+    inputs = [p for p in (cfg.data.train, cfg.data.validation, cfg.data.test, cfg.model.name) if p and not str(p).startswith("asset:")]
+    for given in inputs:
+        if Path(given).exists() and Path(given).resolve().is_relative_to(run_dir.resolve()):
+            raise TunelabError(f"output_dir {run_dir} holds the input {given}: a run folder is replaced on --force, so keep inputs outside it")
     if run_dir.exists() and any(run_dir.iterdir()):
+        if force and not resume and not is_run_folder(run_dir):
+            raise TunelabError(f"output_dir {run_dir} is not empty and not a run folder; --force replaces only a run tunelab wrote, so choose another output_dir")
+        if force and not resume and any(is_run_folder(child) for child in run_dir.iterdir() if child.is_dir()):
+            raise TunelabError(f"output_dir {run_dir} holds other run folders; --force would delete them, so choose a folder of its own")
         stored = run_dir / "config.yaml"
         if resume:
             if stored.is_file() and stored.read_text(encoding="utf-8") != config_text:
