@@ -6,6 +6,13 @@ Padding strategies:
 - `none`: batches of one sequence, no padding at all (the loop accumulates gradients to keep the
   effective batch size).
 Batches are dicts of tensors: input_ids and attention_mask (B, T), labels (B,).
+
+Packing (`PackingCollator`, data.packing): no padding either, but without giving up the batch: the
+micro-batch's examples are laid end to end in one row, input_ids, position_ids and segment_ids
+(1, total tokens), labels (B,). Positions restart at 0 for every example and segment_ids number
+the examples 1..B, so the model can pool each example and keep attention inside it
+(`tunelab.classify.packing` says how for each backbone family); logits and loss equal the padded
+batch's.
 """
 
 from __future__ import annotations
@@ -55,3 +62,35 @@ class ClassificationCollator:
         length = self.max_length if self.padding == "max_length" else None
         input_ids, attention_mask = pad(seqs, self.pad_id, length)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": torch.tensor([y for _, y in items], dtype=torch.long)}
+
+
+class PackingCollator:
+    """Turns a list of (ids, label) into one padding-free packed row; callable by a DataLoader.
+
+    `multiple_of` (optional) pads the row's end to a multiple of that many tokens, for kernels or
+    compilers that like fixed shapes: the tail is its own segment 0 (positions from 0 again), which
+    no example attends to and pooling skips.
+
+    >>> b = PackingCollator(pad_id=0)([([5, 6, 7], 1), ([8, 9], 0)])
+    >>> b["input_ids"].tolist(), b["position_ids"].tolist(), b["segment_ids"].tolist(), b["labels"].tolist()
+    ([[5, 6, 7, 8, 9]], [[0, 1, 2, 0, 1]], [[1, 1, 1, 2, 2]], [1, 0])
+    """
+
+    def __init__(self, pad_id: int = 0, multiple_of: int | None = None):
+        self.pad_id, self.multiple_of = pad_id, multiple_of
+
+    def __call__(self, items: list[tuple[list[int], int]]) -> dict:
+        lengths = torch.tensor([len(ids) for ids, _ in items], dtype=torch.long)  # (B,)
+        if not len(items) or int(lengths.min()) == 0:
+            raise ValueError("packing needs at least one example and no empty one")
+        input_ids = torch.tensor([t for ids, _ in items for t in ids], dtype=torch.long)  # (T,)
+        starts = torch.cumsum(lengths, 0) - lengths  # (B,) where each example begins
+        position_ids = torch.arange(len(input_ids)) - torch.repeat_interleave(starts, lengths)  # (T,)
+        segment_ids = torch.repeat_interleave(torch.arange(1, len(items) + 1), lengths)  # (T,)
+        if self.multiple_of:
+            tail = -len(input_ids) % self.multiple_of
+            input_ids = torch.cat([input_ids, torch.full((tail,), self.pad_id, dtype=torch.long)])
+            position_ids = torch.cat([position_ids, torch.arange(tail)])
+            segment_ids = torch.cat([segment_ids, torch.zeros(tail, dtype=torch.long)])
+        return {"input_ids": input_ids[None], "position_ids": position_ids[None], "segment_ids": segment_ids[None],
+                "labels": torch.tensor([y for _, y in items], dtype=torch.long)}

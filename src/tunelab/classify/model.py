@@ -2,6 +2,11 @@
 
 The model owns its choices: which token is pooled and whether a decoder attends causally. The
 training loop only calls `model(input_ids, attention_mask)` and gets logits (num_sequences, C).
+Packed, padding-free batches (`collate.PackingCollator`) come as
+`model(input_ids, None, segment_ids=..., position_ids=...)`, one row of several examples: the
+backbone gets the positions and the per-example attention isolation its family needs (decided
+once per model as `TextClassifier.packing_plan`, see classify/packing.py) and each example pools
+its own tokens: the same logits as the padded batch.
 `apply_trainable` picks what trains: the head only, the last N blocks, everything, or LoRA; the
 head always trains in full. Frozen lower layers cost no backward pass: autograd builds the graph
 only from the first trainable block on.
@@ -14,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tunelab.classify.packing import packed_backbone_inputs, packing_plan
 from tunelab.classify.pooling import pool
 from tunelab.errors import TunelabError
 from tunelab.model.backbone import final_norm, hidden_size, is_encoder, set_causal, transformer_blocks
@@ -29,6 +35,7 @@ class TextClassifier(nn.Module):
         self.causal_mask = causal_mask
         if not self.encoder:
             set_causal(backbone, causal_mask)
+        self.packing_plan = packing_plan(backbone, causal_mask)  # made before LoRA wraps the backbone
         self.dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(hidden_size(backbone.config), num_labels, bias=self.encoder)
         std = getattr(backbone.config, "initializer_range", 0.02)
@@ -40,17 +47,31 @@ class TextClassifier(nn.Module):
     def config(self):
         return self.backbone.config
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids, attention_mask: (B, T). segment_ids (B, T), optional: 0 = pad, k = k-th
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Padded: input_ids, attention_mask (B, T); segment_ids (B, T), optional: 0 = pad, k = k-th
         sequence of the row (defaults to the attention mask: one sequence per row).
+        Packed: attention_mask None, segment_ids and position_ids (B, T) from `PackingCollator`
+        (positions restart at 0 per example); attention stays inside each example.
         Returns logits (num_sequences, num_labels) in float32."""
-        extra = {}
-        if not self.encoder:
-            # Positions count real tokens only, so left padding does not shift them (B, T).
-            extra = {"use_cache": False, "position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0)}
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        if attention_mask is None:
+            if segment_ids is None or position_ids is None:
+                raise ValueError("without an attention_mask, pass the packed layout: segment_ids and position_ids")
+            attention = getattr(self.backbone.config, "_attn_implementation", None) or "eager"
+            if not self.packing_plan.problem and attention != self.packing_plan.attention:
+                raise ValueError(f"attention implementation changed to {attention!r} after the packing plan was made for {self.packing_plan.attention!r}")
+            dtype = self.backbone.get_input_embeddings().weight.dtype  # of an additive (eager) mask
+            out = self.backbone(input_ids=input_ids, **packed_backbone_inputs(self.packing_plan, segment_ids, position_ids, dtype))
+            segments = segment_ids
+        else:
+            extra = {}
+            if not self.encoder:
+                # Positions count real tokens only, so left padding does not shift them (B, T).
+                extra = {"use_cache": False, "position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0)}
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
+            segments = attention_mask if segment_ids is None else segment_ids
         hidden = out.last_hidden_state  # (B, T, H)
-        pooled = pool(hidden, attention_mask if segment_ids is None else segment_ids, self.pooling)  # (N, H)
+        pooled = pool(hidden, segments, self.pooling)  # (N, H): only the pooled positions reach the head
         return self.head(self.dropout(pooled.to(self.head.weight.dtype))).float()  # (N, C)
 
     def hf_representable(self) -> bool:

@@ -30,7 +30,8 @@ class ClassificationObjective:
         return float(self._weights(batch["labels"]).sum())
 
     def __call__(self, model, batch: dict) -> torch.Tensor:
-        logits = model(batch["input_ids"], batch["attention_mask"])  # (B, C)
+        # Padded batches carry attention_mask; packed ones (PackingCollator) segment and position ids.
+        logits = model(batch["input_ids"], batch.get("attention_mask"), segment_ids=batch.get("segment_ids"), position_ids=batch.get("position_ids"))  # (B, C)
         ce = F.cross_entropy(logits.float(), batch["labels"], reduction="none")  # (B,)
         return (ce * self._weights(batch["labels"])).sum()
 

@@ -3,7 +3,8 @@
     tunelab train configs/spam-smollm2.yaml [--resume] [--force] [train.lr=1e-4 ...]
 
 Steps: data (read, check, balance, split) -> tokenizer and encoding -> backbone + head + trainable
-policy -> the loop (validation, best checkpoint, early stopping, resumable checkpoints) -> the best
+policy -> the loop (validation, best checkpoint, early stopping, resumable checkpoints; micro-batches
+packed into padding-free rows when data.packing resolves on, see classify/packing.py) -> the best
 weights evaluated on the test split -> `model/` exported -> `summary.json` (written last: a run
 folder with it is finished).
 
@@ -39,11 +40,12 @@ def build_classifier(model_cfg, num_labels: int, folder: Path, seed: int):
 
 def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, log=print) -> dict:
     from tunelab.assets.resolve import resolve_model
-    from tunelab.classify.collate import ClassificationCollator, encode_texts
+    from tunelab.classify.collate import ClassificationCollator, PackingCollator, encode_texts
     from tunelab.classify.data import load_splits
     from tunelab.classify.evaluate import evaluate_items, format_report
     from tunelab.classify.export import export_classifier
     from tunelab.classify.objective import ClassificationObjective, balanced_class_weights
+    from tunelab.classify.packing import resolve_packing
     from tunelab.train.loop import fit, plan_steps
 
     run_dir, accelerator, precision, started = start_run(cfg, resume, force)
@@ -69,7 +71,12 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
     log(f"model: {cfg.model.name} ({'encoder' if model.encoder else 'decoder'}), pooling {cfg.model.pooling}, "
         f"trainable {info['policy']}: {info['trainable_params']:,} of {info['total_params']:,} parameters; device {device}, {precision}")
 
-    collate = ClassificationCollator(tokenizer.pad_token_id, cfg.data.padding, max_length)
+    # data.packing: one padding-free row per micro-batch (same loss), where the model's family can
+    # keep attention inside each example; otherwise padded as data.padding says.
+    packed = resolve_packing(cfg.data.packing, device, model.packing_plan, log)
+    if packed and cfg.data.padding != "longest":
+        log(f"data.padding {cfg.data.padding} does not apply: packed micro-batches have no padding")
+    collate = PackingCollator(tokenizer.pad_token_id) if packed else ClassificationCollator(tokenizer.pad_token_id, cfg.data.padding, max_length)
     # Scoring always pads to the longest in a length-sorted batch: predictions do not depend on
     # padding (last real token, positions from the mask), so fixed-length padding would only cost time.
     eval_collate = ClassificationCollator(tokenizer.pad_token_id, "longest", max_length)
@@ -82,8 +89,8 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
 
     group = group_by_length(cfg, device, log)
     torch.manual_seed(cfg.train.seed)
-    # padding none: one sequence per micro-batch, accumulated up to the configured batch size.
-    plan = plan_steps(len(encoded["train"]), cfg.train, micro_batch=1 if cfg.data.padding == "none" else None)
+    # padding none (unpacked): one sequence per micro-batch, accumulated up to the configured batch size.
+    plan = plan_steps(len(encoded["train"]), cfg.train, micro_batch=1 if cfg.data.padding == "none" and not packed else None)
     result = fit(model, encoded["train"], collate, objective, validate if encoded["validation"] else None, cfg.train, plan, run_dir, accelerator, resume=resume,
                  lengths=[len(ids) for ids, _ in encoded["train"]] if group else None, log=log)
     model = accelerator.unwrap_model(model)
@@ -107,6 +114,7 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
         "validation": {k: result.best[k] for k in ("loss", "accuracy", "macro_f1")} if result.best else None,
         "test": {k: test[k] for k in ("loss", "accuracy", "macro_f1")} if test else None,
         "hf_compatible": meta["hf_compatible"],
+        "packing": packed,
     }
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False))
     if test is not None:
