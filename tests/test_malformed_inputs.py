@@ -77,6 +77,7 @@ CASES = [
     ("train: labels of mixed types", lambda w: ["train", config_with(w, "m", data__train=str(w / "mixed-labels.jsonl"))], "mixed-labels.jsonl:2"),
     ("train: a JSON object as text", lambda w: ["train", config_with(w, "o", data__train=str(w / "object-text.jsonl"))], "not a string"),
     ("train: a column named twice", lambda w: ["train", config_with(w, "d", data__train=str(w / "dup-columns.csv"))], "'text' more than once"),
+    ("train: a LoRA target that matches nothing", lambda w: ["train", config_with(w, "lt", model__trainable="lora", model__lora={"target_modules": ["qkv_proj"]})], "matches no layer"),
     ("train: missing model", lambda w: ["train", config_with(w, "nm", model__name=str(w / "no-model"))], "no-model"),
     ("train: unknown encoding", lambda w: ["train", config_with(w, "enc", data__encoding="utf-99")], "utf-99"),
     ("train: output_dir is a file", lambda w: ["train", config_with(w, "of"), "output_dir=" + str(w / "a-file")], "is an existing file"),
@@ -104,6 +105,7 @@ CASES = [
     ("data split: out holds the input", lambda w: ["data", "split", str(w / "messages.csv"), "--out", str(w)], "holds the input"),
     ("data split: empty input", lambda w: ["data", "split", str(w / "header-only.csv"), "--out", str(w / "splits")], "no rows"),
     ("data inspect: html is the input", lambda w: ["data", "inspect", str(w / "messages.csv"), "--html", str(w / "messages.csv")], "is the input"),
+    ("data review: a port out of range", lambda w: ["data", "review", str(w / "mixed-labels.jsonl"), "--port", "70000"], "--port 70000"),
     ("validate: unknown key", lambda w: ["validate", config_with(w, "v", model__pooling_kind="last")], "model.pooling_kind"),
 ]
 

@@ -31,6 +31,8 @@ def run(args) -> int:
 
     if args.batch_size < 1:
         raise TunelabError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise TunelabError(f"--max-new-tokens {args.max_new_tokens}: expected at least 1")
     for flag, out in (("--output", args.output), ("--predictions", args.predictions)):
         if out:
             check_output(out, inputs=[args.data], flag=flag)

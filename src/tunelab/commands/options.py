@@ -14,9 +14,14 @@ def add_decoding_options(p):
 
 def decoding(args, meta: dict) -> dict:
     """The run's generation settings with the command-line flags that were given on top."""
+    from tunelab.errors import TunelabError
     from tunelab.sft.generate import decoding_settings
 
     flags = {key: getattr(args, key, None) for key in ("max_new_tokens", "do_sample", "temperature", "top_p", "seed")}
+    checks = {"max_new_tokens": (lambda v: v >= 1, "at least 1"), "temperature": (lambda v: v > 0, "above 0"), "top_p": (lambda v: 0 < v <= 1, "in (0, 1]")}
+    for key, (ok, expected) in checks.items():
+        if flags[key] is not None and not ok(flags[key]):
+            raise TunelabError(f"--{key.replace('_', '-')} {flags[key]}: expected {expected}")
     return decoding_settings(meta.get("generation"), **flags)
 
 

@@ -10,6 +10,8 @@ import warnings
 
 from torch import nn
 
+from tunelab.errors import TunelabError
+
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
@@ -26,4 +28,11 @@ def inject_lora(backbone: nn.Module, r: int, alpha: float, dropout: float, targe
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none", task_type=task_type)
     with warnings.catch_warnings():  # PEFT reads a property that transformers 5 deprecates
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(backbone, config)
+        try:
+            return get_peft_model(backbone, config)
+        except ValueError as err:  # PEFT: "Target modules {...} not found in the base model"
+            if "not found" not in str(err) and "target" not in str(err).lower():
+                raise
+            names = sorted({name.rsplit(".", 1)[-1] for name, m in backbone.named_modules() if isinstance(m, nn.Linear)})
+            raise TunelabError(f"model.lora.target_modules = {target_modules!r} matches no layer of this model; "
+                               f"its linear layers are named {', '.join(names)} (or use all-linear)") from None

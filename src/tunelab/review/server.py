@@ -28,6 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+from tunelab.errors import TunelabError
 from tunelab.review.store import Conflict, ReviewStore
 
 PAGE = Path(__file__).with_name("page.html")
@@ -194,6 +195,8 @@ def _handler(server: ReviewServer):
 
 def serve_command(file: str, port: int = 0) -> int:
     """The CLI: open the store, print the URL, serve until Ctrl-C."""
+    if not 0 <= port <= 65535:
+        raise TunelabError(f"--port {port}: expected 0 (any free port) or 1-65535")
     store = ReviewStore(file)
     server = ReviewServer(store, port=port)
     c = store.counts()
