@@ -161,3 +161,28 @@ def test_overrides_may_follow_a_flag(world, capsys):
     assert "max_steps: 7" in capsys.readouterr().out
     assert main(["train", path, "--force", "train.max_steps=1", "output_dir=" + str(world / "runs" / "after-flag")]) == 0
     assert json.loads((world / "runs" / "after-flag" / "summary.json").read_text())["steps"] == 1
+
+
+def test_a_full_disk_during_export_keeps_the_previous_export_and_leaves_no_partial_folder(world, monkeypatch, capsys):
+    """ENOSPC in the middle of copying: one line saying the disk is full, the earlier export is
+    untouched and no temporary folder is left beside it."""
+    import errno
+    import shutil
+
+    out = world / "exported"
+    assert main(["export", str(world / "runs/good"), "--out", str(out)]) == 0
+    before = checksums(out)
+    real_copy = shutil.copyfile
+    calls = {"n": 0}
+
+    def copy_until_full(src, dst, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real_copy(src, dst, *a, **kw)
+
+    monkeypatch.setattr(shutil, "copyfile", copy_until_full)
+    assert main(["export", str(world / "runs/good"), "--out", str(out), "--force"]) == 2
+    assert "the disk is full" in capsys.readouterr().err
+    assert checksums(out) == before
+    assert not [p.name for p in world.iterdir() if p.name.startswith((".tmp", ".trash", ".gone"))]

@@ -131,10 +131,16 @@ def export_run(run: str | Path, out_dir: str | Path, force: bool = False) -> Pat
     run_folder = src.parent if src.name == "model" else src
     out_dir = check_folder_to_replace(out_dir, protect=[run_folder], force=force, marker=MODEL_META)
     adapter = src.parent / "adapter" if src.name == "model" else None
-    with staged_dir(out_dir) as tmp:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
-        if adapter is not None and (adapter / "adapter_config.json").is_file() and not (tmp / "adapter").exists():
-            shutil.copytree(adapter, tmp / "adapter")
+    try:
+        with staged_dir(out_dir) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+            if adapter is not None and (adapter / "adapter_config.json").is_file() and not (tmp / "adapter").exists():
+                shutil.copytree(adapter, tmp / "adapter")
+    except shutil.Error as err:  # copytree gathers the OS errors of its files into one
+        first = str(err.args[0][0][2]) if err.args and err.args[0] else str(err)
+        full = "No space left" in first or "Disk quota" in first
+        raise TunelabError(f"--out {out_dir}: {'the disk is full' if full else 'copying failed'} ({first}); "
+                           f"nothing was replaced{', free some space and export again' if full else ''}") from None
     return out_dir
 
 
