@@ -28,7 +28,7 @@ def run_case(world: Path, argv) -> tuple[int, str]:
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
             code = main(argv)
-        except Exception as exc:  # noqa: BLE001 - an older tunelab let it through: a traceback for the user
+        except Exception as exc:  # an older tunelab let it through: a traceback for the user
             return 1, f"Traceback (uncaught {type(exc).__name__}: {exc})"
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1

@@ -98,3 +98,116 @@ def test_the_loop_trains_with_the_configured_schedule(tmp_path):
     for schedule, last in (("linear", 0.0), ("constant", 1e-2)):
         _, result = run(tmp_path / schedule, steps=10, schedule=schedule)
         assert [m["lr"] for m in result.history if "lr" in m][-1] == pytest.approx(last, abs=1e-12)
+
+
+# --- micro-batches cut by a token budget, no read-backs per micro-batch -------------------------
+
+
+def test_micro_batches_by_count_or_by_token_budget():
+    from tunelab.train.loop import micro_batches
+
+    by_count = plan_steps(6, TrainConfig(batch_size=6), micro_batch=2)
+    assert micro_batches([5, 1, 2, 0, 4, 3], by_count) == [[5, 1], [2, 0], [4, 3]]
+    lengths = [3, 9, 4, 20, 5, 2]
+    plan = plan_steps(6, TrainConfig(batch_size=6, max_tokens_per_micro_batch=10), lengths=lengths)
+    assert plan.max_tokens == 10 and plan.step_size == 6
+    cut = micro_batches([0, 1, 2, 3, 4, 5], plan)
+    assert cut == [[0], [1], [2], [3], [4, 5]]  # consecutive; 20 > 10 is a micro-batch of its own
+    assert sorted(i for part in cut for i in part) == list(range(6))
+    assert all(sum(lengths[i] for i in part) <= 10 or len(part) == 1 for part in cut)
+    with pytest.raises(ValueError, match="needs the token length"):
+        plan_steps(6, TrainConfig(batch_size=6, max_tokens_per_micro_batch=10))
+
+
+def _sft_step_gradient(tmp_path, packed: bool, max_tokens=None):
+    """The gradient of one optimizer step of `fit` on a tiny Llama (fp32), read just before the update."""
+    from tests.helpers import one_thread, tiny_model, tiny_tokenizer
+
+    from tunelab.sft.collate import collate, pack
+    from tunelab.sft.objective import SftObjective
+
+    g = torch.Generator().manual_seed(0)
+    data = []
+    for n in (7, 12, 5, 9, 3, 11, 6, 8):
+        ids = torch.randint(5, 300, (n,), generator=g).tolist()
+        data.append({"input_ids": ids, "labels": [-100] * (n // 3) + ids[n // 3:]})
+    tok = tiny_tokenizer()
+    model = tiny_model(tok, seed=0)
+    cfg = TrainConfig(max_steps=1, batch_size=8, lr=1e-3, warmup=0, device="cpu", max_tokens_per_micro_batch=max_tokens)
+    accelerator, _ = make_accelerator(cfg)
+    plan = plan_steps(len(data), cfg, lengths=[len(e["input_ids"]) for e in data])
+    seen, real_step = {}, torch.optim.AdamW.step
+    calls = []
+
+    def recording_step(self, *a, **k):
+        seen["grads"] = [p.grad.clone() for p in model.parameters()]
+        return real_step(self, *a, **k)
+
+    def counting_collate(items):
+        calls.append(len(items))
+        return pack(items) if packed else collate(items, pad_id=tok.pad_token_id)
+
+    torch.optim.AdamW.step = recording_step
+    try:
+        with one_thread():
+            fit(model, data, counting_collate, SftObjective(), None, cfg, plan, tmp_path, accelerator, log=lambda *a: None)
+    finally:
+        torch.optim.AdamW.step = real_step
+    return seen["grads"], calls
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_token_budget_leaves_the_step_gradient_unchanged(tmp_path, packed):
+    """Eight examples in one micro-batch, or cut into micro-batches of at most 16 tokens: the
+    loop divides every micro-loss by the targets of the whole step, so the step gradient is the same."""
+    full, calls_full = _sft_step_gradient(tmp_path / "full", packed)
+    cut, calls_cut = _sft_step_gradient(tmp_path / "cut", packed, max_tokens=16)
+    assert calls_full == [8] and len(calls_cut) > 3 and sum(calls_cut) == 8
+    for a, b in zip(cut, full):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_no_read_back_per_micro_batch(tmp_path, monkeypatch):
+    """Losses stay on the device within a step: the loop itself calls no .item() and one .tolist()
+    per step (gradient norm and loss together), with 4 micro-batches a step."""
+    import sys
+
+    counts = {"item": 0, "tolist": 0}
+    real_item, real_tolist = torch.Tensor.item, torch.Tensor.tolist
+
+    def from_fit():
+        return sys._getframe(2).f_code.co_name == "fit"
+
+    def item(self):
+        counts["item"] += from_fit()
+        return real_item(self)
+
+    def tolist(self):
+        counts["tolist"] += from_fit()
+        return real_tolist(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", item)
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    _, result = _run_micro(tmp_path, steps=3)
+    assert result.steps == 3
+    assert counts == {"item": 0, "tolist": 3}
+
+
+def _run_micro(tmp_path, steps):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    data = [(torch.randn(3), float(i % 2)) for i in range(16)]
+    cfg = TrainConfig(max_steps=steps, batch_size=4, lr=1e-2, warmup=0, device="cpu")
+    accelerator, _ = make_accelerator(cfg)
+    plan = plan_steps(len(data), cfg, micro_batch=1)  # 4 micro-batches a step
+    return model, fit(model, data, collate, PoisonedObjective(()), None, cfg, plan, tmp_path, accelerator, log=lambda *a: None)
+
+
+def test_optimizer_is_plain_adamw_on_a_cpu_and_compile_is_off_there():
+    from tunelab.train.loop import use_compile
+
+    optimizer = make_optimizer(torch.nn.Linear(3, 1), 1e-3, 0.0)
+    assert not optimizer.defaults.get("fused")  # fused AdamW only when every parameter is on CUDA
+    assert TrainConfig().compile == "auto" and not use_compile("auto", "cpu") and use_compile("auto", "cuda")
+    assert not use_compile("on", "cpu") and not use_compile("off", "cuda")
+    assert TrainConfig(compile="on").compile == "on" and TrainConfig(gradient_checkpointing=True).gradient_checkpointing

@@ -12,10 +12,19 @@ answers scored -> `summary.json` (written last: a run folder with it is finished
 Run folder: config.yaml, sft_template.json, data_report.json, metrics.jsonl, checkpoints/,
 adapter/ (LoRA runs), model/, test_metrics.json, test_predictions.jsonl, examples.md,
 summary.json.
+
+The GPU fast path, each part a config switch with the same loss as without it: `data.packing`
+(padding-free packed micro-batches, `use_packing`), `train.max_tokens_per_micro_batch` (micro-
+batches cut by tokens, in the loop), `train.gradient_checkpointing` and `train.compile` (the
+transformer blocks compiled, CUDA only). The loss never builds full logits (sft/objective.py).
+Validation runs with the model's usual attention and its compiled blocks eager (`plain_model`),
+and packing and compiling are undone after training, so evaluation, generation and the exported
+model are the plain model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import time
@@ -53,16 +62,89 @@ def build_sft_model(model_cfg, folder, seed: int):
     return model, {"policy": model_cfg.trainable, "trainable_params": trainable, "total_params": total}
 
 
+def use_packing(setting: str, model, device, log=print) -> tuple[bool, str]:
+    """`data.packing` resolved: auto is on for a GPU and off on a CPU (where padding to similar
+    lengths costs little and a CPU run's numbers stay as they were). When on, the model moves to
+    `device`, gets the attention kernel `packed_attention` picks (sdpa as the second choice), and
+    `packing_isolates` must confirm that packed examples stay apart; a model that mixes them
+    trains on padded batches instead (logged), never on mixed ones.
+
+    Returns (packing, the attention implementation the model had before) so the caller can undo it.
+    """
+    from tunelab.sft.objective import packed_attention, packing_isolates
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    before = base.config._attn_implementation
+    if not (setting == "on" or (setting == "auto" and device.type == "cuda")):
+        log(f"data.packing {setting} -> off ({device.type}): padded micro-batches")
+        return False, before
+    model.to(device)
+    for attn in dict.fromkeys([packed_attention(base.config, device.type), "sdpa"]):
+        try:
+            base.set_attn_implementation(attn)
+        except (ValueError, ImportError) as err:
+            log(f"data.packing: attention {attn} not available ({err})")
+            continue
+        if packing_isolates(model):
+            if attn == "flex_attention":
+                # flex's kernel and block mask are compiled functions guarded on the mask function they
+                # were traced with (packed rows, padded validation, the probe), times grad mode and the
+                # first static then dynamic shapes: more variants than dynamo's default of 8, past
+                # which it would run flex eagerly (dense scores: slow, O(T^2) memory).
+                import torch._dynamo
+
+                torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            log(f"data.packing {setting} -> on ({device.type}): one padding-free row per micro-batch, attention {attn}")
+            return True, before
+    base.set_attn_implementation(before)
+    import transformers
+
+    log(f"data.packing {setting} -> off: {base.config.model_type} does not keep packed examples apart "
+        f"(transformers {transformers.__version__}); padded micro-batches instead")
+    return False, before
+
+
+@contextlib.contextmanager
+def plain_model(model, attn: str, compiled: bool):
+    """Within: the model with attention `attn` and its compiled blocks run eagerly. Validation
+    (padded rows, no gradients) then neither recompiles the blocks (measured on an H200: 20 s for
+    a first validation under compile) nor adds mask variants to flex_attention's compiled kernel."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    current = base.config._attn_implementation
+    eager = torch.compiler.set_stance("force_eager") if compiled and hasattr(torch.compiler, "set_stance") else contextlib.nullcontext()
+    if attn != current:
+        base.set_attn_implementation(attn)
+    try:
+        with eager:
+            yield model
+    finally:
+        if attn != current:
+            base.set_attn_implementation(current)
+
+
+def enable_gradient_checkpointing(model, lora: bool) -> None:
+    """Recompute each block's activations in the backward pass (non-reentrant checkpointing, which
+    needs no input that requires grad; LoRA still gets `enable_input_require_grads`, harmless and
+    what PEFT's own recipes do). transformers 5.2x renamed the switch (the old name warns)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hasattr(base, "activation_checkpointing_enable"):
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora:
+        base.enable_input_require_grads()
+
+
 def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=print) -> dict:
     from tunelab.assets.resolve import resolve_model
     from tunelab.model.backbone import load_tokenizer
-    from tunelab.sft.collate import collate
+    from tunelab.sft.collate import collate, pack
     from tunelab.sft.data import encode_split, load_sft_splits
     from tunelab.sft.evaluate import examples_markdown, format_scores, generate_and_score, token_loss
     from tunelab.sft.export import merge_lora, save_adapter, save_merged
-    from tunelab.sft.objective import SftObjective
+    from tunelab.sft.objective import CE_CHUNK, SftObjective, head_is_plain
     from tunelab.sft.templates import TEMPLATE_FILE, save_template
-    from tunelab.train.loop import fit, plan_steps
+    from tunelab.train.loop import compile_blocks, fit, plan_steps, uncompile_blocks, use_compile
 
     assert cfg.task == "sft" and cfg.sft is not None
     run_dir, accelerator, precision, started = start_run(cfg, resume, force)
@@ -100,20 +182,37 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
         f"{info['trainable_params']:,} of {info['total_params']:,} parameters; device {device}, {precision}")
 
     pad_id = tokenizer.pad_token_id
-    batch_of = functools.partial(collate, pad_id=pad_id, multiple_of=max_length if cfg.data.padding == "max_length" else None)
+    packing, attn_before = use_packing(cfg.data.packing, model, device, log)
+    batch_of = pack if packing else functools.partial(collate, pad_id=pad_id, multiple_of=max_length if cfg.data.padding == "max_length" else None)
+    log(f"loss: LM head on the target positions only, in chunks of {CE_CHUNK}" if head_is_plain(model)
+        else "loss: the model's own logits of the target positions (its head post-processes logits)")
+    if cfg.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model, lora=info["policy"] == "lora")
+        log("train.gradient_checkpointing: on (activations recomputed in the backward pass)")
+    compiled = use_compile(cfg.train.compile, device.type)
+    if compiled:
+        log(f"train.compile {cfg.train.compile} -> on: {compile_blocks(model)} transformer blocks compiled (dynamic shapes)")
+    elif cfg.train.compile == "on":
+        log(f"train.compile on: ignored on {device.type}, compiling is for CUDA only")
 
     def validate(m):
-        scores = token_loss(m, encoded["validation"], pad_id, cfg.eval.batch_size, device)
+        with plain_model(model, attn_before, compiled):
+            scores = token_loss(m, encoded["validation"], pad_id, cfg.eval.batch_size, device)
         return {"loss": scores["loss"], "perplexity": scores["perplexity"]}
 
     group = group_by_length(cfg, device, log)
     torch.manual_seed(cfg.train.seed)
-    plan = plan_steps(len(encoded["train"]), cfg.train, micro_batch=1 if cfg.data.padding == "none" else None)
+    train_lengths = [len(e["input_ids"]) for e in encoded["train"]]
+    plan = plan_steps(len(encoded["train"]), cfg.train, micro_batch=1 if cfg.data.padding == "none" and not packing else None,
+                      lengths=train_lengths)
     result = fit(model, encoded["train"], batch_of, SftObjective(), validate if encoded["validation"] else None, cfg.train,
-                 plan, run_dir, accelerator, resume=resume,
-                 lengths=[len(e["input_ids"]) for e in encoded["train"]] if group else None, log=log)
+                 plan, run_dir, accelerator, resume=resume, lengths=train_lengths if group else None, log=log)
     model = accelerator.unwrap_model(model)
     model.eval()
+    if compiled:
+        uncompile_blocks(model)
+    if packing:  # evaluation, generation and the export use the model's usual attention
+        (model.get_base_model() if hasattr(model, "get_base_model") else model).set_attn_implementation(attn_before)
 
     generation = sft.generation.model_dump()
     if info["policy"] == "lora":
@@ -146,6 +245,7 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
         "trainable": info["policy"],
         "trainable_params": info["trainable_params"],
         "total_params": info["total_params"],
+        "packing": packing,
         **run_facts(cfg, result, report["train_tokens"]["total"], started, device, precision),
         "train": {"loss": train_loss["loss"], "perplexity": train_loss["perplexity"]},
         "validation": {k: result.best[k] for k in ("loss", "perplexity")} if result.best else None,

@@ -9,7 +9,15 @@ continues exactly where it stopped and ends with the same result as an uninterru
 
 Gradient accumulation: the loss of every micro-batch is its summed loss divided by the number of
 targets (examples, or target tokens for SFT) of the whole optimizer step, so a step's gradient is
-the true mean over all its targets whatever the micro-batch sizes are.
+the true mean over all its targets whatever the micro-batch sizes are. That is also why a step's
+examples may be cut into micro-batches by a token budget (`train.max_tokens_per_micro_batch`,
+`micro_batches`) instead of by count: the cut changes memory and speed, not the gradient.
+
+No host syncs inside the micro-batch loop: batches go to the GPU from pinned memory without
+blocking, losses are summed on the device, and one read-back per step (gradient norm, loss) feeds
+the non-finite check and the log. On CUDA the optimizer is fused AdamW (`make_optimizer`), and
+`compile_blocks` compiles the transformer blocks when `train.compile` resolves to on
+(`use_compile`).
 """
 
 from __future__ import annotations
@@ -48,16 +56,20 @@ class LoopPlan:
     steps_per_epoch: int
     total_steps: int
     warmup: int
+    max_tokens: int | None = None  # token budget of a micro-batch (then `micro_batch` only sets the step size)
+    lengths: list[int] | None = field(default=None, repr=False)  # tokens of each example, for the budget
 
     @property
     def step_size(self) -> int:
         return self.micro_batch * self.accum
 
 
-def plan_steps(n_examples: int, train_cfg, micro_batch: int | None = None) -> LoopPlan:
+def plan_steps(n_examples: int, train_cfg, micro_batch: int | None = None, lengths: list[int] | None = None) -> LoopPlan:
     """Micro-batch, accumulation and step counts. A step holds batch_size x grad_accum examples;
     `micro_batch` (a divisor of batch_size; default batch_size) is how many go through the model
-    at once, e.g. 1 for unpadded sequences, the rest accumulated.
+    at once, e.g. 1 for unpadded sequences, the rest accumulated. With
+    `train.max_tokens_per_micro_batch` set, a step's examples are instead cut into micro-batches of
+    at most that many tokens (see `micro_batches`); that needs `lengths`, the tokens of each example.
 
     >>> from types import SimpleNamespace as C
     >>> p = plan_steps(100, C(batch_size=8, grad_accum=2, max_steps=None, epochs=3, warmup=0.1), micro_batch=1)
@@ -70,7 +82,39 @@ def plan_steps(n_examples: int, train_cfg, micro_batch: int | None = None) -> Lo
     accum = train_cfg.grad_accum * (train_cfg.batch_size // micro)
     per_epoch = math.ceil(n_examples / (micro * accum))
     total = train_cfg.max_steps or max(1, math.ceil(train_cfg.epochs * per_epoch))
-    return LoopPlan(n_examples, micro, accum, per_epoch, total, warmup_steps(train_cfg.warmup, total))
+    max_tokens = getattr(train_cfg, "max_tokens_per_micro_batch", None)
+    if max_tokens and lengths is None:
+        raise ValueError("train.max_tokens_per_micro_batch needs the token length of each example (plan_steps(..., lengths=...))")
+    if lengths is not None and len(lengths) != n_examples:
+        raise ValueError(f"{len(lengths)} lengths for {n_examples} examples")
+    return LoopPlan(n_examples, micro, accum, per_epoch, total, warmup_steps(train_cfg.warmup, total),
+                    max_tokens or None, list(lengths) if max_tokens else None)
+
+
+def micro_batches(indices: list[int], plan: LoopPlan) -> list[list[int]]:
+    """The micro-batches of one step's examples (on one process): consecutive slices of
+    `plan.micro_batch` examples, or with `plan.max_tokens` consecutive runs of at most that many
+    tokens (an example longer than the budget is a micro-batch of its own). The step's gradient is
+    the same for every cut, since each micro-loss is divided by the targets of the whole step.
+
+    >>> from types import SimpleNamespace as C
+    >>> cfg = C(batch_size=4, grad_accum=1, max_steps=None, epochs=1, warmup=0, max_tokens_per_micro_batch=10)
+    >>> micro_batches([0, 1, 2, 3], plan_steps(4, cfg, lengths=[4, 5, 12, 3]))
+    [[0, 1], [2], [3]]
+    """
+    if not plan.max_tokens:
+        return [indices[k : k + plan.micro_batch] for k in range(0, len(indices), plan.micro_batch)]
+    cut, current, tokens = [], [], 0
+    for i in indices:
+        n = plan.lengths[i]
+        if current and tokens + n > plan.max_tokens:
+            cut.append(current)
+            current, tokens = [], 0
+        current.append(i)
+        tokens += n
+    if current:
+        cut.append(current)
+    return cut
 
 
 def epoch_order(epoch: int, plan: LoopPlan, seed: int, lengths: list[int] | None = None) -> list[list[int]]:
@@ -131,8 +175,10 @@ def fit(
     example) turns on batching by similar length."""
     from tqdm.auto import tqdm
 
-    log(f"plan: {plan.n_examples} examples, micro-batch {plan.micro_batch} x accumulation {plan.accum} = {plan.step_size} per step, "
-        f"{plan.steps_per_epoch} steps/epoch, {plan.total_steps} steps, warmup {plan.warmup}")
+    cut = f"micro-batches of at most {plan.max_tokens} tokens, {plan.step_size} examples per step" if plan.max_tokens else \
+        f"micro-batch {plan.micro_batch} x accumulation {plan.accum} = {plan.step_size} per step"
+    log(f"plan: {plan.n_examples} examples, {cut}, {plan.steps_per_epoch} steps/epoch, {plan.total_steps} steps, warmup {plan.warmup}")
+    model = model.to(accelerator.device)  # before the optimizer, so that it can be the fused one on CUDA
     optimizer = make_optimizer(model, train_cfg.lr, train_cfg.weight_decay)
     scheduler = make_scheduler(optimizer, plan.total_steps, plan.warmup, train_cfg.schedule)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -160,30 +206,39 @@ def fit(
         if cached_epoch[0] != epoch:
             cached_epoch[:] = [epoch, epoch_order(epoch, plan, train_cfg.seed, lengths)]
         indices = cached_epoch[1][within][rank::world]
-        micro = [collate([dataset[i] for i in indices[k : k + plan.micro_batch]]) for k in range(0, len(indices), plan.micro_batch)]
-        # Targets of the whole step, over all processes: each micro-loss is divided by this.
-        local_targets = torch.tensor(sum(objective.count(b) for b in micro), dtype=torch.float32, device=accelerator.device)
-        total_targets = accelerator.reduce(local_targets, "sum").item() if world > 1 else local_targets.item()
-        step_loss = 0.0
+        micro = [collate([dataset[i] for i in part]) for part in micro_batches(indices, plan)]
+        # Targets of the whole step, over all processes: each micro-loss is divided by this. The
+        # counts come from the CPU batches; with several processes the sum stays on the device.
+        local_targets = float(sum(objective.count(b) for b in micro))
+        if world > 1:
+            total_targets = accelerator.reduce(torch.full((), local_targets, device=accelerator.device), "sum").clamp_min(1e-9)
+        else:
+            total_targets = max(local_targets, 1e-9)
+        step_loss = torch.zeros((), device=accelerator.device)
         for k, batch in enumerate(micro):
-            batch = {key: v.to(accelerator.device) if torch.is_tensor(v) else v for key, v in batch.items()}
+            batch = _to_device(batch, accelerator.device)
             sync = k == len(micro) - 1
             with accelerator.no_sync(model) if not sync else _null():
                 loss_sum = objective(model, batch)
                 # DDP averages gradients over processes; multiply by world to get a global mean.
-                accelerator.backward(loss_sum * world / max(total_targets, 1e-9))
-            step_loss += loss_sum.item()
+                accelerator.backward(loss_sum * world / total_targets)
+            step_loss += loss_sum.detach().float().to(step_loss.device)
         # The gradient norm (clipping at infinity leaves the gradients as they are) tells whether
         # this update is finite; a non-finite one is skipped so it cannot poison the weights. A
         # nan/inf loss gives such gradients too; the norm is taken after the all-reduce, so every
-        # process makes the same choice.
+        # process makes the same choice. One read-back per step: norm, loss and targets together.
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm or math.inf)
-        if math.isfinite(float(grad_norm)):
+        readback = [torch.as_tensor(grad_norm).float().reshape(()).to(step_loss.device), step_loss]
+        if torch.is_tensor(total_targets):
+            readback.append(total_targets.float())
+        grad_norm, step_loss, *reduced = torch.stack(readback).tolist()
+        total_targets = reduced[0] if reduced else total_targets
+        if math.isfinite(grad_norm):
             optimizer.step()
             nonfinite_run = 0
         else:
             nonfinite_run += 1
-            bar.write(f"step {step + 1}: loss {step_loss:.4g}, gradient norm {float(grad_norm):.4g}: not finite, update skipped")
+            bar.write(f"step {step + 1}: loss {step_loss:.4g}, gradient norm {grad_norm:.4g}: not finite, update skipped")
             if nonfinite_run >= MAX_NONFINITE_STEPS:
                 raise TunelabError(
                     f"training diverged: loss or gradients were not finite (nan/inf) for {nonfinite_run} steps in a row, "
@@ -192,7 +247,7 @@ def fit(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         counters["step"] = step + 1
-        running.append(step_loss / max(total_targets, 1e-9))
+        running.append(step_loss / total_targets)
         lr = scheduler.get_last_lr()[0]
         bar.update(1)
         bar.set_postfix(loss=f"{running[-1]:.4f}", lr=f"{lr:.2e}")
@@ -227,6 +282,46 @@ def fit(
     if evaluate is not None:
         best = ckpt.load_best(ckpt_root, accelerator.unwrap_model(model))
     return LoopResult(counters["step"], best, counters["stopped_early"], counters["train_seconds"], plan, _read_metrics(metrics_path))
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    """A batch's tensors on `device`; to a GPU from pinned memory without blocking the host (a
+    plain copy from pageable memory waits for the GPU to finish everything queued before it)."""
+    if device.type != "cuda":
+        return {key: v.to(device) if torch.is_tensor(v) else v for key, v in batch.items()}
+    return {key: v.pin_memory().to(device, non_blocking=True) if torch.is_tensor(v) else v for key, v in batch.items()}
+
+
+def use_compile(setting: str, device_type: str) -> bool:
+    """`train.compile` resolved: auto is on for CUDA and off elsewhere. Compiling is only done on
+    CUDA: on a CPU even `on` resolves to off (the recipe logs that it was ignored), since
+    inductor's CPU code needs a C++ toolchain and pays off only for long runs.
+
+    >>> use_compile("auto", "cuda"), use_compile("auto", "cpu"), use_compile("off", "cuda"), use_compile("on", "cpu")
+    (True, False, False, False)
+    """
+    return device_type == "cuda" and setting in ("auto", "on")
+
+
+def compile_blocks(model: torch.nn.Module) -> int:
+    """torch.compile each transformer block in place (regional compilation) with dynamic shapes,
+    so that packed rows of a new length do not recompile; the embedding, the LM head and the loss
+    stay eager (the loss's hooks and chunking are plain Python). Parameter names do not change,
+    so checkpoints and exports are unaffected. Returns how many blocks were compiled."""
+    from tunelab.model.backbone import transformer_blocks
+
+    blocks = transformer_blocks(model)
+    for block in blocks:
+        block.compile(dynamic=True)
+    return len(blocks)
+
+
+def uncompile_blocks(model: torch.nn.Module) -> None:
+    """Undo `compile_blocks` (before generation, whose one-token steps gain nothing from it)."""
+    from tunelab.model.backbone import transformer_blocks
+
+    for block in transformer_blocks(model):
+        block._compiled_call_impl = None  # what nn.Module.compile sets
 
 
 class _null:
