@@ -34,6 +34,7 @@ import torch
 
 from tunelab.config import RunConfig
 from tunelab.data.io_atomic import write_text_atomic
+from tunelab.errors import TunelabError
 from tunelab.train.runtime import group_by_length, run_facts, start_run
 
 
@@ -135,12 +136,55 @@ def enable_gradient_checkpointing(model, lora: bool) -> None:
         base.enable_input_require_grads()
 
 
+def encode_splits(cfg: RunConfig, splits, template, tokenizer) -> tuple[dict, dict]:
+    """The three splits as token ids and labels, and the data report with what was truncated or
+    skipped and the training tokens (all and target)."""
+    from tunelab.sft.data import encode_split
+
+    encoded, report = {}, splits.report
+    for name in ("train", "validation", "test"):
+        counts: Counter = Counter()
+        encoded[name] = encode_split(getattr(splits, name), template, tokenizer, max_length=cfg.data.max_length,
+                                     train_on_prompt=cfg.sft.train_on_prompt, bad_rows=cfg.data.bad_rows, counts=counts)
+        report.setdefault("truncated", {})[name] = counts["truncated"]
+        report.setdefault("too_long_skipped", {})[name] = counts["too_long"]
+    if not encoded["train"]:
+        raise TunelabError(f"{report['train_file']}: no training rows fit data.max_length={cfg.data.max_length}")
+    lengths = sorted(len(e["input_ids"]) for e in encoded["train"])
+    targets = sorted(sum(t != -100 for t in e["labels"][1:]) for e in encoded["train"])
+    report["train_tokens"] = {"median": lengths[len(lengths) // 2], "max": lengths[-1], "total": sum(lengths),
+                              "target_median": targets[len(targets) // 2], "target_total": sum(targets)}
+    return encoded, report
+
+
+def score_test(cfg: RunConfig, model, tokenizer, template, items, examples, run_dir, log) -> dict:
+    """Token loss on the test split, then answers generated for its first rows and scored;
+    writes test_metrics.json, test_predictions.jsonl and examples.md."""
+    from tunelab.sft.evaluate import examples_markdown, generate_and_score, token_loss
+
+    sft, device = cfg.sft, next(model.parameters()).device
+    generation = sft.generation.model_dump()
+    test = token_loss(model, examples, tokenizer.pad_token_id, cfg.eval.batch_size, device)
+    items = items[: sft.generation.max_rows] if sft.generation.max_rows else items
+    log(f"generating answers for {len(items)} test rows (max_new_tokens {generation['max_new_tokens']})")
+    started = time.perf_counter()
+    gen = generate_and_score(model, tokenizer, template, items, generation, cfg.eval.batch_size)
+    test.update(gen["scores"], generation_seconds=round(time.perf_counter() - started, 2))
+    write_text_atomic(run_dir / "test_metrics.json", json.dumps(test, indent=1, ensure_ascii=False))
+    write_text_atomic(run_dir / "test_predictions.jsonl", "".join(
+        json.dumps({"source": it.where, "prompt": p, "reference": r, "generated": g}, ensure_ascii=False) + "\n"
+        for it, p, r, g in zip(items, gen["prompts"], gen["references"], gen["predictions"])))
+    write_text_atomic(run_dir / "examples.md", examples_markdown({**gen, "scores": test}, n=sft.examples,
+                                                                   title=f"Test examples ({cfg.model.name}, {sft.template})"))
+    return test
+
+
 def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=print) -> dict:
     from tunelab.assets.resolve import resolve_model
     from tunelab.model.backbone import load_tokenizer
     from tunelab.sft.collate import collate, pack
-    from tunelab.sft.data import encode_split, load_sft_splits
-    from tunelab.sft.evaluate import examples_markdown, format_scores, generate_and_score, token_loss
+    from tunelab.sft.data import load_sft_splits
+    from tunelab.sft.evaluate import format_scores, token_loss
     from tunelab.sft.export import merge_lora, save_adapter, save_merged
     from tunelab.sft.objective import CE_CHUNK, SftObjective, head_is_plain
     from tunelab.sft.templates import TEMPLATE_FILE, save_template
@@ -157,21 +201,7 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
     template = build_sft_template(sft, tokenizer)
     save_template(template, run_dir / TEMPLATE_FILE)
 
-    encoded, report = {}, splits.report
-    for name in ("train", "validation", "test"):
-        counts: Counter = Counter()
-        encoded[name] = encode_split(getattr(splits, name), template, tokenizer, max_length=max_length,
-                                     train_on_prompt=sft.train_on_prompt, bad_rows=cfg.data.bad_rows, counts=counts)
-        report.setdefault("truncated", {})[name] = counts["truncated"]
-        report.setdefault("too_long_skipped", {})[name] = counts["too_long"]
-    if not encoded["train"]:
-        from tunelab.errors import TunelabError
-
-        raise TunelabError(f"{report['train_file']}: no training rows fit data.max_length={max_length}")
-    lengths = sorted(len(e["input_ids"]) for e in encoded["train"])
-    targets = sorted(sum(t != -100 for t in e["labels"][1:]) for e in encoded["train"])
-    report["train_tokens"] = {"median": lengths[len(lengths) // 2], "max": lengths[-1], "total": sum(lengths),
-                              "target_median": targets[len(targets) // 2], "target_total": sum(targets)}
+    encoded, report = encode_splits(cfg, splits, template, tokenizer)
     write_text_atomic(run_dir / "data_report.json", json.dumps(report, indent=1, ensure_ascii=False))
 
     model, info = build_sft_model(cfg.model, folder, cfg.train.seed)
@@ -223,20 +253,7 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
     save_merged(model, tokenizer, template, run_dir / "model", meta=meta, generation=generation)
 
     train_loss = token_loss(model, encoded["train"], pad_id, cfg.eval.batch_size, device)
-    test = None
-    if encoded["test"]:
-        test = token_loss(model, encoded["test"], pad_id, cfg.eval.batch_size, device)
-        items = splits.test[: sft.generation.max_rows] if sft.generation.max_rows else splits.test
-        log(f"generating answers for {len(items)} test rows (max_new_tokens {generation['max_new_tokens']})")
-        gen_started = time.perf_counter()
-        gen = generate_and_score(model, tokenizer, template, items, generation, cfg.eval.batch_size)
-        test.update(gen["scores"], generation_seconds=round(time.perf_counter() - gen_started, 2))
-        write_text_atomic(run_dir / "test_metrics.json", json.dumps(test, indent=1, ensure_ascii=False))
-        write_text_atomic(run_dir / "test_predictions.jsonl", "".join(
-            json.dumps({"source": it.where, "prompt": p, "reference": r, "generated": g}, ensure_ascii=False) + "\n"
-            for it, p, r, g in zip(items, gen["prompts"], gen["references"], gen["predictions"])))
-        write_text_atomic(run_dir / "examples.md", examples_markdown({**gen, "scores": test}, n=sft.examples,
-                                                                       title=f"Test examples ({cfg.model.name}, {sft.template})"))
+    test = score_test(cfg, model, tokenizer, template, splits.test, encoded["test"], run_dir, log) if encoded["test"] else None
 
     summary = {
         "task": "sft",
