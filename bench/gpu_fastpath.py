@@ -10,8 +10,8 @@ Cases (issue 15), random-init models of real shapes, bf16:
   (e) Qwen2-0.5B classification, batch 8, lengths 128-1024
 Each case runs (1) the stock path: transformers Trainer (+ PEFT for LoRA), SDPA, dynamic padding
 to the longest in the batch; (2) `tunelab train` in process with its GPU defaults (packing,
-compile, fused AdamW); (3) for SFT, tunelab packed without compile (compile's own share); and (4)
-tunelab with packing and compile off (the padded path), so the final losses can be compared. Reported: real (non-pad) tokens/s over the whole training call
+fused AdamW; compile is off by default); (3) with --compile, SFT also with train.compile on; and
+(4) tunelab with packing off (the padded path), so the final losses can be compared. Reported: real (non-pad) tokens/s over the whole training call
 (compile time included), MFU, peak GPU memory, the mean training loss of the last 10 steps.
 
 MFU = 6 * N * tokens/s / 790e12 for full training and 4 * N for LoRA (frozen weights get no weight
@@ -214,6 +214,7 @@ def main() -> None:
     ap.add_argument("--steps-sft", type=int, default=60)
     ap.add_argument("--steps-cls", type=int, default=150)
     ap.add_argument("--tiny", action="store_true", help="tiny shapes, few steps: check the script on a CPU")
+    ap.add_argument("--compile", action="store_true", help="SFT cases: also run with train.compile on")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -223,6 +224,7 @@ def main() -> None:
     if torch.cuda.is_available():
         print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
     results = {}
+    compile_variant = args.compile
     for case in args.cases.split(","):
         task, shape, trainable, batch, lo, hi = CASES[case]
         steps = (args.steps_sft if task == "sft" else args.steps_cls) if not args.tiny else 4
@@ -236,8 +238,8 @@ def main() -> None:
         if torch.cuda.is_available():
             r["stock"] = run_stock(task, folder, rows, trainable, steps, batch, work / f"hf-{case}", max_length)
         variants = {"tunelab": ("auto", "auto"), "tunelab_padded": ("off", "off")}
-        if task == "sft":  # the classification recipe does not compile; SFT: compile's own share
-            variants["tunelab_nocompile"] = ("auto", "off")
+        if task == "sft" and compile_variant:  # train.compile: on (auto is off); classification does not compile
+            variants["tunelab_compile"] = ("auto", "on")
         for name, (packing, compile) in variants.items():
             r[name] = run_tunelab(task, folder, data, trainable, steps, batch, work / f"run-{case}-{name}", max_length, n, packing, compile)
         results[case] = {"task": task, "shape": shape, "trainable": trainable, "batch": batch, "lengths": [lo, hi], "steps": steps, **r}

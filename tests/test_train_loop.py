@@ -208,6 +208,6 @@ def test_optimizer_is_plain_adamw_on_a_cpu_and_compile_is_off_there():
 
     optimizer = make_optimizer(torch.nn.Linear(3, 1), 1e-3, 0.0)
     assert not optimizer.defaults.get("fused")  # fused AdamW only when every parameter is on CUDA
-    assert TrainConfig().compile == "auto" and not use_compile("auto", "cpu") and use_compile("auto", "cuda")
+    assert TrainConfig().compile == "auto" and not use_compile("auto", "cpu") and not use_compile("auto", "cuda") and use_compile("on", "cuda")
     assert not use_compile("on", "cpu") and not use_compile("off", "cuda")
     assert TrainConfig(compile="on").compile == "on" and TrainConfig(gradient_checkpointing=True).gradient_checkpointing

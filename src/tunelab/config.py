@@ -107,7 +107,7 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; auto = cuda when available.")
     num_threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch (default: torch's choice).")
     max_tokens_per_micro_batch: Optional[int] = Field(None, ge=1, description="Cut each optimizer step's examples into micro-batches of at most this many real tokens (the gradient does not depend on the cut: the loss is normalised by the step's targets). null = batch_size examples per micro-batch.")
-    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile each transformer block (dynamic shapes, so new lengths rarely recompile; the first steps pay the compile time). auto = on for a GPU, off on a CPU.")
+    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile each transformer block (dynamic shapes) on a GPU. on = compile; auto = off for now: measured on an H200 the first compiled step took about a minute and validation recompiled, more than short runs gain.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass instead of keeping them: less memory, about a third more compute.")
 
 
