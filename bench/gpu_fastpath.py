@@ -110,7 +110,10 @@ def make_rows(task: str, n: int, lo: int, hi: int, seed: int = 0) -> list[dict]:
 
 
 def linear_params(model) -> int:
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    """Weights of the matrix layers: nn.Linear, and GPT-2's Conv1D (a linear layer stored transposed)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
 
 
 def mfu(tokens_per_s: float, n: int, lora: bool) -> float:

@@ -230,12 +230,12 @@ def test_unverified_families_fall_back_to_padding():
 def test_resolve_packing_settings(model_root):
     plan = _classifier(model_root, "llama").packing_plan
     lines = []
-    assert resolve_packing("auto", torch.device("cuda"), plan, lines.append) is True
+    assert resolve_packing("auto", torch.device("cuda"), plan, lines.append) is False  # measured slower on the H200
     assert resolve_packing("auto", torch.device("cpu"), plan, lines.append) is False
     assert resolve_packing("on", torch.device("cpu"), plan, lines.append) is True
     assert resolve_packing("off", torch.device("cuda"), plan, lines.append) is False
-    assert lines[0] == "data.packing auto -> on (cuda)" and "block-causal" in lines[1]
-    assert lines[2] == "data.packing auto -> off (cpu)" and lines[-1] == "data.packing off: padded micro-batches"
+    assert lines[0].startswith("data.packing auto -> off (cuda)") and lines[1].startswith("data.packing auto -> off (cpu)")
+    assert "block-causal" in lines[2] and lines[-1] == "data.packing off: padded micro-batches"
 
 
 def test_packed_run_matches_padded_run(tmp_path, spam_csv, tiny_llama):

@@ -165,7 +165,7 @@ def test_packing_switch_and_attention_choice():
     from tunelab.sft.run import use_packing
 
     model, lines = tiny_lm("llama"), []
-    assert use_packing("auto", model, torch.device("cpu"), log=lines.append) == (False, "sdpa")  # auto: off on a CPU
+    assert use_packing("auto", model, torch.device("cpu"), log=lines.append) == (False, "sdpa")  # auto: off (measured slower)
     assert "off (cpu)" in lines[-1]
     assert use_packing("off", model, torch.device("cpu"), log=lines.append)[0] is False
     assert use_packing("on", model, torch.device("cpu"), log=lines.append) == (True, "sdpa")

@@ -133,12 +133,12 @@ def packed_backbone_inputs(plan: PackingPlan, segment_ids: torch.Tensor, positio
 
 
 def resolve_packing(setting: str, device: torch.device, plan: PackingPlan, log=print) -> bool:
-    """data.packing (auto|on|off) with auto resolved (on for a cuda device, off elsewhere, as the
-    config documents), then the model's plan applied: a model that cannot be packed is padded,
-    with a log line saying why."""
+    """data.packing (auto|on|off) with auto resolved (off for now, as the config documents: packed
+    rows measured slower than padded batches on the H200, see docs/benchmarks.md), then the
+    model's plan applied: a model that cannot be packed is padded, with a log line saying why."""
     if setting == "auto":
-        wanted = device.type == "cuda"
-        log(f"data.packing auto -> {'on' if wanted else 'off'} ({device.type})")
+        wanted = False
+        log(f"data.packing auto -> off ({device.type}): padded micro-batches measured faster")
     else:
         wanted = setting == "on"
     if not wanted:
