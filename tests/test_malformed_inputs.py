@@ -15,6 +15,8 @@ import pytest
 from tests.helpers import base_config, make_model_dir, synthetic_rows, write_config
 
 from tunelab.cli import main
+from tunelab.data.outputs import check_output
+from tunelab.errors import TunelabError
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +188,32 @@ def test_a_full_disk_during_export_keeps_the_previous_export_and_leaves_no_parti
     assert "the disk is full" in capsys.readouterr().err
     assert checksums(out) == before
     assert not [p.name for p in world.iterdir() if p.name.startswith((".tmp", ".trash", ".gone"))]
+
+def test_outputs_next_to_a_project_config_and_own_files_in_a_run_are_allowed(tmp_path):
+    (tmp_path / "config.yaml").write_text("mine: 1\n")
+    (tmp_path / "out.jsonl").write_text("old\n")
+    assert check_output(tmp_path / "out.jsonl") == tmp_path / "out.jsonl"  # a project folder is not a run
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("x\n")
+    (run / "summary.json").write_text("{}")
+    (run / "scores.json").write_text("{}")
+    check_output(run / "scores.json")  # eval's own earlier output may be rewritten
+    with pytest.raises(TunelabError, match="would replace what training wrote"):
+        check_output(run / "summary.json")
+
+
+def test_force_replaces_a_run_killed_right_after_it_started(tmp_path):
+    """A run folder holding only the config.yaml its run wrote is still a run: --force replaces it."""
+    from tunelab.config import load_config
+    from tunelab.train.runtime import prepare_run_dir
+
+    cfg = load_config(write_config(tmp_path / "c.yaml", base_config(tmp_path / "d.csv", tmp_path / "m", tmp_path / "run")))
+    prepare_run_dir(cfg, resume=False, force=False)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml"]
+    prepare_run_dir(cfg, resume=False, force=True)  # no "not a run folder" refusal
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.yaml").write_text("output_dir: elsewhere\n")
+    other = load_config(write_config(tmp_path / "c2.yaml", base_config(tmp_path / "d.csv", tmp_path / "m", tmp_path / "mine")))
+    with pytest.raises(TunelabError, match="not a run folder"):
+        prepare_run_dir(other, resume=False, force=True)

@@ -16,7 +16,10 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 
-RUN_MARKERS = ("summary.json", "config.yaml", "checkpoints", "metrics.jsonl")  # what a run folder holds
+# What training writes into a run folder: an output may not replace these (other files there may be
+# written and rewritten, e.g. `tunelab eval RUN --output RUN/scores.json`).
+RUN_OWNED = ("config.yaml", "data_report.json", "metrics.jsonl", "summary.json", "test_metrics.json", "test_report.txt",
+             "test_predictions.jsonl", "examples.md", "sft_template.json", "checkpoints", "model", "adapter")
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -31,9 +34,10 @@ def _resolved(path) -> Path:
 
 
 def is_run_folder(path) -> bool:
-    """A folder tunelab trained into (it holds a run's config, metrics, checkpoints or summary)."""
+    """A folder tunelab trained into: its resolved config.yaml plus one more file training writes
+    (a project folder that merely has a config.yaml is not one)."""
     p = Path(path)
-    return p.is_dir() and any((p / name).exists() for name in RUN_MARKERS)
+    return p.is_dir() and (p / "config.yaml").is_file() and any((p / name).exists() for name in RUN_OWNED[1:])
 
 
 def _run_above(path: Path) -> Path | None:
@@ -59,7 +63,7 @@ def check_output(output, inputs=(), flag: str = "--output", folder: bool = False
         if folder != out.is_dir():
             raise TunelabError(f"{flag} {output} is an existing {'file' if out.is_file() else 'folder'}; expected a {'folder' if folder else 'file'}")
         run = _run_above(target)
-        if run is not None:
+        if run is not None and (target == run or target.relative_to(run).parts[0] in RUN_OWNED):
             raise TunelabError(f"{flag} {output} would replace what training wrote in the run folder {run}: write it elsewhere")
         if folder and any(is_run_folder(child) for child in out.iterdir() if child.is_dir()):
             raise TunelabError(f"{flag} {output} holds run folders: choose a folder of its own")

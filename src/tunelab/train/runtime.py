@@ -62,6 +62,18 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def _config_of_this_run(run_dir: Path) -> bool:
+    """Whether run_dir/config.yaml is the resolved config a run wrote there (its output_dir is this
+    folder): a run killed before its first other file is still a run that --force may replace."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and Path(str(data.get("output_dir", ""))).resolve() == run_dir.resolve()
+
+
 def prepare_run_dir(cfg: RunConfig, resume: bool, force: bool) -> Path:
     """Create the run folder, refusing to overwrite a finished or unfinished run by accident.
     On resume, first delete the temporary folders a killed write left (of checkpoint or model
@@ -79,7 +91,7 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, force: bool) -> Path:
         if Path(given).exists() and Path(given).resolve().is_relative_to(run_dir.resolve()):
             raise TunelabError(f"output_dir {run_dir} holds the input {given}: a run folder is replaced on --force, so keep inputs outside it")
     if run_dir.exists() and any(run_dir.iterdir()):
-        if force and not resume and not is_run_folder(run_dir):
+        if force and not resume and not (is_run_folder(run_dir) or _config_of_this_run(run_dir)):
             raise TunelabError(f"output_dir {run_dir} is not empty and not a run folder; --force replaces only a run tunelab wrote, so choose another output_dir")
         if force and not resume and any(is_run_folder(child) for child in run_dir.iterdir() if child.is_dir()):
             raise TunelabError(f"output_dir {run_dir} holds other run folders; --force would delete them, so choose a folder of its own")
