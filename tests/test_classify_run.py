@@ -129,3 +129,18 @@ def test_pinned_losses_of_a_tiny_run(tmp_path, spam_csv, tiny_llama):
         torch.set_num_threads(threads)
     got = (summary["train"]["loss"], summary["validation"]["loss"], summary["test"]["loss"])
     assert got == pytest.approx((0.6271390318870544, 0.650209367275238, 0.6341702342033386), rel=1e-5)
+
+
+def test_a_token_budget_works_for_classification_with_the_same_losses(tmp_path, spam_csv, tiny_llama):
+    """train.max_tokens_per_micro_batch cuts each step into micro-batches of at most that many
+    tokens; the loss is normalised by the whole step, so the run ends where the uncut run does."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        plain, _ = _run(tmp_path, spam_csv, tiny_llama, name="plain", max_steps=6, eval_every=3)
+        cut, _ = _run(tmp_path, spam_csv, tiny_llama, name="cut", max_steps=6, eval_every=3, max_tokens_per_micro_batch=24)
+        a, b = train_classifier(plain, log=lambda *_: None), train_classifier(cut, log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
+    assert b["steps"] == a["steps"] == 6
+    assert b["test"]["loss"] == pytest.approx(a["test"]["loss"], rel=1e-4)

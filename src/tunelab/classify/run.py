@@ -90,7 +90,8 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
     group = group_by_length(cfg, device, log)
     torch.manual_seed(cfg.train.seed)
     # padding none (unpacked): one sequence per micro-batch, accumulated up to the configured batch size.
-    plan = plan_steps(len(encoded["train"]), cfg.train, micro_batch=1 if cfg.data.padding == "none" and not packed else None)
+    plan = plan_steps(len(encoded["train"]), cfg.train, micro_batch=1 if cfg.data.padding == "none" and not packed else None,
+                      lengths=[len(ids) for ids, _ in encoded["train"]])  # for train.max_tokens_per_micro_batch
     result = fit(model, encoded["train"], collate, objective, validate if encoded["validation"] else None, cfg.train, plan, run_dir, accelerator, resume=resume,
                  lengths=[len(ids) for ids, _ in encoded["train"]] if group else None, log=log)
     model = accelerator.unwrap_model(model)
