@@ -144,3 +144,17 @@ def test_a_token_budget_works_for_classification_with_the_same_losses(tmp_path, 
         torch.set_num_threads(threads)
     assert b["steps"] == a["steps"] == 6
     assert b["test"]["loss"] == pytest.approx(a["test"]["loss"], rel=1e-4)
+
+
+def test_prediction_normalises_like_training(tmp_path, spam_csv, tiny_llama):
+    """Training NFC-normalises texts, so prediction does too: NFD Korean gets the NFC logits."""
+    import unicodedata
+
+    import tunelab
+
+    cfg, _ = _run(tmp_path, spam_csv, tiny_llama, max_steps=2, eval_every=2)
+    train_classifier(cfg, log=lambda *_: None)
+    clf = tunelab.load(tmp_path / "run", device="cpu")
+    text = "보험금 청구 win cash"
+    nfc, nfd = clf.logits([text]), clf.logits([unicodedata.normalize("NFD", text)])
+    assert torch.equal(nfc, nfd)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import torch
@@ -47,7 +48,9 @@ class Classifier:
         self.collate = ClassificationCollator(tokenizer.pad_token_id, "longest", self.max_length)
 
     def logits(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
-        enc = encode_texts(self.tokenizer, list(texts), [0] * len(texts), self.max_length)
+        # NFC as in training (classify.data.extract_examples): NFD Korean would tokenise differently.
+        texts = [unicodedata.normalize("NFC", t) for t in texts]
+        enc = encode_texts(self.tokenizer, texts, [0] * len(texts), self.max_length)
         return predict_logits(self.model, list(zip(enc.ids, enc.labels)), self.collate, batch_size, self.device)
 
     def predict(self, texts: list[str] | str, batch_size: int = 32) -> list[dict]:
