@@ -1,6 +1,7 @@
-"""CUDA check of the SFT fast path: packed (flex/sdpa) == padded, compile, checkpointing, fused AdamW, e2e.
+"""CUDA check of the SFT fast path: packed (varlen/flex/sdpa) == padded, compile, checkpointing, fused AdamW, e2e.
 
     OUT=out python3 bench/gpu_check_sft_fastpath.py    # on the GPU machine, from the repository root
+    OUT=out QUICK=1 python3 bench/gpu_check_sft_fastpath.py    # the packed == padded checks only
 """
 import json
 import os
@@ -14,6 +15,7 @@ import transformers as tf
 sys.path[:0] = ["src", "."]
 from tests.helpers import tiny_tokenizer, write_config  # noqa: E402
 
+from tunelab.model import varlen  # noqa: E402
 from tunelab.sft.collate import collate, pack  # noqa: E402
 from tunelab.sft.objective import head_is_plain, packed_attention, packing_isolates, sft_loss  # noqa: E402
 from tunelab.train.loop import compile_blocks  # noqa: E402
@@ -75,14 +77,20 @@ for arch in ["llama", "qwen2", "gemma3"]:
     r = {"head_is_plain": head_is_plain(model), "packed_attention": packed_attention(model.config, "cuda")}
     padded, packed = to(collate(exs, 0)), to(pack(exs))
     lp, gp = loss_grads(model, padded)
-    for attn in ["sdpa", "flex_attention"]:
+    for attn in ["sdpa", "flex_attention", varlen.register()]:
         try:
             model.set_attn_implementation(attn)
             r[f"isolates_{attn}"] = packing_isolates(model)
             lk, gk = loss_grads(model, packed)
             r[f"fp32_{attn}_loss_rel"] = rel(lk, lp)
             r[f"fp32_{attn}_grad_rel"] = maxrel(gk, gp)
-            lb, _ = loss_grads(model, packed, autocast=True)
+            if attn == varlen.NAME:  # under bf16 autocast the FlashAttention kernel must run, not the reference path
+                reference, varlen._per_example = varlen._per_example, None
+            try:
+                lb, _ = loss_grads(model, packed, autocast=True)
+            finally:
+                if attn == varlen.NAME:
+                    varlen._per_example = reference
             r[f"bf16_{attn}_loss_rel"] = rel(lb, lp)
         except Exception as err:
             r[f"error_{attn}"] = repr(err)[:400]
@@ -90,6 +98,11 @@ for arch in ["llama", "qwen2", "gemma3"]:
             model.set_attn_implementation("sdpa")
     report[arch] = r
     print(arch, json.dumps(r), flush=True)
+
+if os.environ.get("QUICK"):
+    with open(f"{OUT}/sft_gpu_report.json", "w") as fh:
+        json.dump(report, fh, indent=1)
+    sys.exit(0)
 
 # compile + flex + checkpointing, rows of changing length
 try:

@@ -9,10 +9,12 @@ Cases (issue 15), random-init models of real shapes, bf16:
   (d) SmolLM2-135M classification, batch 32, lengths 10-120
   (e) Qwen2-0.5B classification, batch 8, lengths 128-1024
 Each case runs (1) the stock path: transformers Trainer (+ PEFT for LoRA), SDPA, dynamic padding
-to the longest in the batch; (2) `tunelab train` in process with its GPU defaults (packing,
-fused AdamW; compile is off by default); (3) with --compile, SFT also with train.compile on; and
-(4) tunelab with packing off (the padded path), so the final losses can be compared. Reported: real (non-pad) tokens/s over the whole training call
-(compile time included), MFU, peak GPU memory, the mean training loss of the last 10 steps.
+to the longest in the batch; (2) `tunelab train` in process with its defaults (padded micro-batches,
+fused AdamW, chunked LM-head loss); (3) the same with data.packing on (padding-free rows; on CUDA
+varlen attention, `tunelab.model.varlen`); (4) with --compile, packed SFT also with train.compile
+on. Reported: real (non-pad) tokens/s over the training steps, first to last (CUDA-synchronised;
+set-up, validation and checkpoint writes left out of both paths, compile time included), MFU,
+peak GPU memory, the mean training loss of the last 10 steps.
 
 MFU = 6 * N * tokens/s / 790e12 for full training and 4 * N for LoRA (frozen weights get no weight
 gradient), N = parameters of the linear layers that every real token goes through (the LM head
@@ -146,6 +148,30 @@ def count_linear(task: str, folder: Path) -> int:
     return linear_params(model)
 
 
+def _step_clock():
+    """A Trainer callback timing the training steps alone, first step to last (CUDA synchronised):
+    the stock path's counterpart of tunelab's `step_seconds` (Trainer set-up left out of both)."""
+    import transformers as tf
+
+    class StepClock(tf.TrainerCallback):
+        start = end = None
+
+        def on_step_begin(self, args, state, control, **kw):
+            if self.start is None:
+                torch.cuda.synchronize()
+                self.start = time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kw):
+            torch.cuda.synchronize()
+            self.end = time.perf_counter()
+
+        @property
+        def seconds(self) -> float:
+            return self.end - self.start
+
+    return StepClock()
+
+
 def run_stock(task: str, folder: Path, rows: list[dict], trainable: str, steps: int, batch: int, out: Path, max_length: int) -> dict:
     import transformers as tf
 
@@ -168,13 +194,12 @@ def run_stock(task: str, folder: Path, rows: list[dict], trainable: str, steps: 
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"))
     args = tf.TrainingArguments(output_dir=str(out / "hf"), per_device_train_batch_size=batch, max_steps=steps, learning_rate=5e-5 if trainable != "lora" else 5e-4,
                                 bf16=True, logging_steps=10, save_strategy="no", report_to=[], dataloader_num_workers=2, seed=123, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 10))
-    trainer = tf.Trainer(model=model, args=args, train_dataset=data, data_collator=collator)
+    clock = _step_clock()
+    trainer = tf.Trainer(model=model, args=args, train_dataset=data, data_collator=collator, callbacks=[clock])
     torch.cuda.reset_peak_memory_stats()
     torch.cuda.synchronize()
-    t0 = time.perf_counter()
     trainer.train()
-    torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    seconds = clock.seconds
     tokens = sum(real) * (steps * batch / len(real))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"tokens_per_s": tokens / seconds, "seconds": seconds, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
@@ -206,7 +231,7 @@ def run_tunelab(task: str, folder: Path, data: Path, trainable: str, steps: int,
     s = recipe(task)(validate_dict(raw), force=True, log=lambda *a: None)
     losses = [json.loads(line).get("train_loss") for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [x for x in losses if x is not None]
-    return {"tokens_per_s": s["train_tokens_per_second"], "seconds": s["train_seconds"], "peak_gib": s["peak_memory_mb"] / 1024,
+    return {"tokens_per_s": s["train_tokens_per_second"], "seconds": s["step_seconds"], "peak_gib": s["peak_memory_mb"] / 1024,
             "last_loss": losses[-1] if losses else None, "mfu": mfu(s["train_tokens_per_second"], n, trainable == "lora"), "precision": s["precision"], "packing": s.get("packing")}
 
 
@@ -240,9 +265,9 @@ def main() -> None:
         r = {}
         if torch.cuda.is_available():
             r["stock"] = run_stock(task, folder, rows, trainable, steps, batch, work / f"hf-{case}", max_length)
-        variants = {"tunelab": ("auto", "auto"), "tunelab_padded": ("off", "off")}
+        variants = {"tunelab": ("auto", "auto"), "tunelab_packed": ("on", "off")}
         if task == "sft" and compile_variant:  # train.compile: on (auto is off); classification does not compile
-            variants["tunelab_compile"] = ("auto", "on")
+            variants["tunelab_compile"] = ("on", "on")
         for name, (packing, compile) in variants.items():
             r[name] = run_tunelab(task, folder, data, trainable, steps, batch, work / f"run-{case}-{name}", max_length, n, packing, compile)
         results[case] = {"task": task, "shape": shape, "trainable": trainable, "batch": batch, "lengths": [lo, hi], "steps": steps, **r}
@@ -251,8 +276,9 @@ def main() -> None:
             print(f"({case}) {shape:13s} {task:14s} {trainable:4s} {k:15s} tokens/s {v['tokens_per_s']:9.0f}  MFU {100 * v['mfu']:5.1f} %  "
                   f"peak {v['peak_gib']:6.2f} GiB  {v['seconds']:6.1f} s  last loss {v['last_loss']}", flush=True)
         if "stock" in r:
-            print(f"({case}) speed-up over stock {r['tunelab']['tokens_per_s'] / r['stock']['tokens_per_s']:.2f}x, "
-                  f"memory {r['tunelab']['peak_gib'] / r['stock']['peak_gib']:.2f}x", flush=True)
+            for name in variants:
+                print(f"({case}) {name}: speed-up over stock {r[name]['tokens_per_s'] / r['stock']['tokens_per_s']:.2f}x, "
+                      f"memory {r[name]['peak_gib'] / r['stock']['peak_gib']:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

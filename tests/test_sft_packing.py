@@ -120,9 +120,16 @@ def test_changing_one_example_does_not_change_the_logits_of_another():
 # --- packed == padded ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "tunelab_varlen"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_packed_loss_and_gradients_equal_padded(arch):
+def test_packed_loss_and_gradients_equal_padded(arch, attention):
+    """With sdpa the packed mask comes from position_ids; with tunelab_varlen from the row's
+    cu_seq_lens (on a CPU its reference path: stock sdpa per example, what the CUDA kernel computes)."""
+    from tunelab.model import varlen
+
     model = tiny_lm(arch)
+    if attention == varlen.NAME:
+        model.set_attn_implementation(varlen.register())
     exs = examples()
     padded, packed = collate(exs, pad_id=0), pack(exs)
     loss_pad, n_pad = sft_loss(model, padded)
@@ -170,9 +177,24 @@ def test_packing_switch_and_attention_choice():
     assert use_packing("off", model, torch.device("cpu"), log=lines.append)[0] is False
     assert use_packing("on", model, torch.device("cpu"), log=lines.append) == (True, "sdpa")
     assert "attention sdpa" in lines[-1]
-    assert packed_attention(model.config, "cpu") == "sdpa"
-    assert packed_attention(model.config, "cuda") == "flex_attention"
-    assert packed_attention(tiny_config("gpt2", VOCAB), "cuda") == "sdpa"  # attention dropout: flex refuses it in training
+    assert packed_attention(model.config, "cpu") == ["sdpa"]
+    assert packed_attention(model.config, "cuda") == ["flex_attention", "sdpa"]  # no CUDA here: no varlen kernel
+    assert packed_attention(tiny_config("gpt2", VOCAB), "cuda") == ["sdpa"]  # attention dropout: flex and varlen refuse it
+
+
+def test_varlen_attention_keeps_examples_apart_and_pads_like_sdpa():
+    """The registered varlen implementation: packed rows isolate examples (probe), and a padded
+    batch without boundaries (validation, generation) gives sdpa's logits."""
+    from tunelab.model import varlen
+
+    model = tiny_lm("qwen2")
+    padded = collate(examples(), pad_id=0)
+    want = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+    model.set_attn_implementation(varlen.register())
+    assert packing_isolates(model)
+    got = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+    keep = padded["attention_mask"].bool()
+    torch.testing.assert_close(got[keep], want[keep], rtol=1e-5, atol=1e-5)
 
 
 # --- the chunked LM-head loss -------------------------------------------------------------------

@@ -26,6 +26,7 @@ import numpy as np
 from tunelab.data import dedup, normalize, pii
 from tunelab.data.pii import TYPES as PII_TYPES
 from tunelab.errors import TunelabError
+from tunelab.progress import progress_bar
 
 TEXT_COLUMN_GUESSES = ("text", "sentence", "content", "question", "instruction", "prompt", "input", "messages", "conversations", "document", "body")
 LANGS = ("any", "ko", "en")
@@ -224,12 +225,8 @@ def _normalise_and_filter(rows: Sequence[dict], opt: CleanOptions, text_cols: li
     """Normalise and redact each row, and mark the rows a per-row filter rejects, in one pass."""
     work = _Work(lines=[r.get("_line", i + 1) for i, r in enumerate(rows)])
     wanted = {"ko": 0, "en": 1}.get(opt.lang)
-    iterator = enumerate(rows)
-    if opt.progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(iterator, total=len(rows), desc="normalise", unit="row", disable=None)
-    for i, row in iterator:
+    bar = progress_bar(total=len(rows), desc="normalise", unit="row", disable=not opt.progress)
+    for i, row in enumerate(rows):
         new, row_changes = _normalise_row(row, clean_cols, opt)
         text = row_text(new, text_cols)
         work.out.append(new)
@@ -240,6 +237,8 @@ def _normalise_and_filter(rows: Sequence[dict], opt: CleanOptions, text_cols: li
         reason = _row_filter(row, text, text_cols, opt, wanted)
         if reason is not None:
             work.removed[i] = reason
+        bar.update(1)
+    bar.close()
     return work
 
 

@@ -21,6 +21,8 @@ device-to-host sync to find its targets.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from tunelab.sft.tokenize import IGNORE
@@ -75,15 +77,17 @@ def pack(examples: list[dict]) -> dict:
     """Concatenate a list of {"input_ids", "labels"} into one (1, N) row, N = the total length.
 
     Returns input_ids, position_ids (0, 1, ... for each example), labels (the first label of each
-    example set to -100), num_target_tokens and target_index; no attention_mask (transformers
-    reads the example boundaries from position_ids only when the mask is None).
+    example set to -100), num_target_tokens, target_index, and the example boundaries as
+    cu_seq_lens (int32, cumulative lengths) and max_length (the longest example) for varlen
+    attention (`tunelab.model.varlen`); no attention_mask (transformers reads the example
+    boundaries from position_ids only when the mask is None).
 
     >>> b = pack([{"input_ids": [5, 6, 2], "labels": [-100, 6, 2]},
     ...           {"input_ids": [7, 2], "labels": [7, 2]}])
     >>> b["input_ids"].tolist(), b["position_ids"].tolist(), b["labels"].tolist()
     ([[5, 6, 2, 7, 2]], [[0, 1, 2, 0, 1]], [[-100, 6, 2, -100, 2]])
-    >>> int(b["num_target_tokens"]), b["target_index"].tolist()
-    (3, [0, 1, 3])
+    >>> int(b["num_target_tokens"]), b["target_index"].tolist(), b["cu_seq_lens"].tolist(), b["max_length"]
+    (3, [0, 1, 3], [0, 3, 5], 3)
     """
     ids, labels, positions = [], [], []
     for e in examples:
@@ -93,5 +97,8 @@ def pack(examples: list[dict]) -> dict:
         labels += [IGNORE, *e["labels"][1:]]  # the first token is never a target (as in `collate`)
         positions += range(n)
     label_ids = torch.tensor([labels], dtype=torch.long)  # (1, N)
+    lengths = [len(e["input_ids"]) for e in examples]
+    cu_seq_lens = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
     return {"input_ids": torch.tensor([ids], dtype=torch.long), "position_ids": torch.tensor([positions], dtype=torch.long),
-            "labels": label_ids, "num_target_tokens": count_targets(label_ids), "target_index": target_index(label_ids)}
+            "labels": label_ids, "num_target_tokens": count_targets(label_ids), "target_index": target_index(label_ids),
+            "cu_seq_lens": cu_seq_lens, "max_length": max(lengths)}

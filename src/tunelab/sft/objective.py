@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from tunelab.sft.collate import target_index
+from tunelab.sft.collate import pack, target_index
 from tunelab.sft.tokenize import IGNORE
 
 CE_CHUNK = 4096  # target positions per LM-head chunk: 4096 x 256k vocabulary x fp32 = 4 GiB at most
@@ -60,6 +60,9 @@ def _model_inputs(batch: dict) -> dict:
     inputs = {"input_ids": batch["input_ids"], "use_cache": False}
     if "position_ids" in batch:
         inputs["position_ids"] = batch["position_ids"]  # attention_mask stays None: the packed mask comes from these
+        if "cu_seq_lens" in batch:  # the boundaries varlen attention reads (other kernels ignore them)
+            inputs.update(cu_seq_lens_q=batch["cu_seq_lens"], cu_seq_lens_k=batch["cu_seq_lens"],
+                          max_length_q=batch["max_length"], max_length_k=batch["max_length"])
     else:
         inputs["attention_mask"] = batch["attention_mask"]
     return inputs
@@ -194,26 +197,34 @@ def _loss_from_logits(model, inputs: dict, labels: torch.Tensor) -> torch.Tensor
     )
 
 
-def packed_attention(config, device_type: str) -> str:
-    """The attention kernel for packed rows, one place for the choice.
+def packed_attention(config, device_type: str) -> list[str]:
+    """The attention kernels for packed rows, best first: one place for the choice.
 
-    On CUDA `flex_attention`: transformers' masking_utils turns the packed position_ids into a
-    BlockMask (document masking), and the flex kernel skips the blocks between examples, so a
-    packed row costs the sum of its examples' attention, not its whole square, and no (T, T) mask
-    is ever built. flex_attention refuses attention dropout in training, so a model configured
-    with one (GPT-2's attn_pdrop) keeps sdpa. Elsewhere (CPU) `sdpa`: masking_utils gives it a
-    dense boolean block-causal (1, 1, T, T) mask built from the same position_ids: exact, and cheap
-    at CPU lengths, where flex_attention has no fast kernel.
+    On CUDA `tunelab_varlen` (`tunelab.model.varlen`: torch's FlashAttention varlen kernel, each
+    example attends only to itself, no mask, no compile), then `flex_attention` (transformers'
+    masking_utils turns the packed position_ids into a document BlockMask; measured slower than
+    padding uncompiled, docs/benchmarks.md). Neither supports attention dropout in training, so a
+    model configured with one (GPT-2's attn_pdrop) keeps `sdpa`. On a CPU `sdpa`: masking_utils
+    gives it a dense boolean block-causal (1, 1, T, T) mask built from the same position_ids:
+    exact, and cheap at CPU lengths. `sdpa` is always the last resort.
     """
+    from tunelab.model import varlen
+
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     dropout = max(float(getattr(text, name, 0.0) or 0.0) for name in ("attention_dropout", "attn_pdrop", "attention_probs_dropout_prob"))
-    return "flex_attention" if device_type == "cuda" and dropout == 0.0 else "sdpa"
+    if device_type != "cuda" or dropout > 0.0:
+        return ["sdpa"]
+    kernels = ["flex_attention", "sdpa"]
+    if varlen.kernel_available(device_type) and getattr(text, "attn_logit_softcapping", None) is None:
+        kernels.insert(0, varlen.register())
+    return kernels
 
 
 @torch.no_grad()
 def packing_isolates(model, tolerance: float = 1e-3) -> bool:
     """Whether packed examples stay apart in this model: the logits of a 5-token example packed
-    after a 7-token one (position_ids restarting, no attention mask) equal its logits alone.
+    after a 7-token one (a `pack` row: position_ids restarting, the boundaries, no attention mask)
+    equal its logits alone.
 
     This checks what packing relies on, in the transformers version installed and with the model's
     current attention implementation: that masking_utils builds the per-example mask from
@@ -232,9 +243,10 @@ def packing_isolates(model, tolerance: float = 1e-3) -> bool:
         first, second = torch.randint(low, vocab, (1, 7), generator=g), torch.randint(low, vocab, (1, 5), generator=g)
         with torch.autocast(device.type, enabled=False):
             alone = inner(input_ids=second.to(device), use_cache=False).logits
-            ids = torch.cat([first, second], dim=1).to(device)
-            positions = torch.cat([torch.arange(7), torch.arange(5)])[None].to(device)
-            packed = inner(input_ids=ids, position_ids=positions, use_cache=False).logits[:, 7:]
+            ids = torch.cat([first, second], dim=1)[0].tolist()
+            row = {k: v.to(device) if torch.is_tensor(v) else v for k, v in pack([{"input_ids": ids[:7], "labels": ids[:7]},
+                                                                                   {"input_ids": ids[7:], "labels": ids[7:]}]).items()}
+            packed = inner(**_model_inputs(row)).logits[:, 7:]
         scale = alone.abs().max().clamp_min(1e-6)
         return bool(((packed.float() - alone.float()).abs().max() / scale) < tolerance)
     except Exception:  # a model that cannot run packed rows does not pack

@@ -80,7 +80,7 @@ def run_requests(teacher, requests: list[list[dict]], cache: ReplyCache, prompt_
                  progress: bool = True) -> tuple[list[str], int]:  # fmt: skip
     """Replies for `requests`, from the cache or the teacher (stored as they arrive); returns
     (replies, how many were cached)."""
-    from tqdm import tqdm
+    from tunelab.progress import progress_bar
 
     keys = [cache_key(teacher.id, prompt_version, m, teacher.params) for m in requests]
     replies: list[str | None] = [cache.get(k) for k in keys]
@@ -88,7 +88,7 @@ def run_requests(teacher, requests: list[list[dict]], cache: ReplyCache, prompt_
     hits = len(requests) - len(todo)
     if todo and teacher.kind == "local":
         teacher.load()  # before the bar starts, so its rate is generation only
-    bar = tqdm(total=len(requests), initial=hits, desc=desc, unit="req", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(requests), initial=hits, desc=desc, unit="req", disable=not progress)
 
     def done(i: int, text: str) -> None:
         replies[i] = text

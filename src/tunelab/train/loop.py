@@ -147,6 +147,7 @@ class LoopResult:
     train_seconds: float
     plan: LoopPlan
     history: list[dict] = field(default_factory=list)
+    step_seconds: float = 0.0  # the training steps alone: validation and checkpoint writes left out
 
 
 def _better(metric: str, new: float, old: float | None) -> bool:
@@ -173,7 +174,7 @@ def fit(
     checkpoint by the validation metric. Writes `metrics.jsonl` and `checkpoints/` in run_dir.
     `plan` (from `plan_steps`) cuts the data into steps and micro-batches; `lengths` (one per
     example) turns on batching by similar length."""
-    from tqdm.auto import tqdm
+    from tunelab.progress import progress_bar
 
     cut = f"micro-batches of at most {plan.max_tokens} tokens, {plan.step_size} examples per step" if plan.max_tokens else \
         f"micro-batch {plan.micro_batch} x accumulation {plan.accum} = {plan.step_size} per step"
@@ -185,7 +186,7 @@ def fit(
 
     ckpt_root = run_dir / "checkpoints"
     metrics_path = run_dir / "metrics.jsonl"
-    counters = {"step": 0, "best_value": None, "best_step": None, "bad_evals": 0, "train_seconds": 0.0, "stopped_early": False}
+    counters = {"step": 0, "best_value": None, "best_step": None, "bad_evals": 0, "train_seconds": 0.0, "step_seconds": 0.0, "stopped_early": False}
     if resume and (last := ckpt.latest_checkpoint(ckpt_root)) is not None:
         counters = ckpt.load_checkpoint(last, accelerator.unwrap_model(model), optimizer, scheduler)
         log(f"resumed from {last.name} (step {counters['step']} of {plan.total_steps})")
@@ -194,13 +195,14 @@ def fit(
     metric = train_cfg.early_stopping.metric
     eval_every = plan.steps_per_epoch if train_cfg.eval_every == "epoch" else int(train_cfg.eval_every)
     rank, world = accelerator.process_index, accelerator.num_processes
-    bar = tqdm(total=plan.total_steps, initial=counters["step"], desc="train", unit="step", disable=not accelerator.is_main_process, dynamic_ncols=True)
+    bar = progress_bar(total=plan.total_steps, initial=counters["step"], desc="train", unit="step", disable=not accelerator.is_main_process)
     started = time.perf_counter() - counters["train_seconds"]
     running = []
     nonfinite_run = 0  # consecutive steps whose loss or gradients were nan/inf
     cached_epoch: list = [None, None]  # (epoch, its steps): computed once per epoch
     model.train()
     while counters["step"] < plan.total_steps and not counters["stopped_early"]:
+        step_started = time.perf_counter()
         step = counters["step"]
         epoch, within = divmod(step, plan.steps_per_epoch)
         if cached_epoch[0] != epoch:
@@ -251,6 +253,7 @@ def fit(
         lr = scheduler.get_last_lr()[0]
         bar.update(1)
         bar.set_postfix(loss=f"{running[-1]:.4f}", lr=f"{lr:.2e}")
+        counters["step_seconds"] = counters.get("step_seconds", 0.0) + time.perf_counter() - step_started
 
         done = counters["step"] >= plan.total_steps
         if counters["step"] % 10 == 0 or done:
@@ -281,7 +284,8 @@ def fit(
     best = None
     if evaluate is not None:
         best = ckpt.load_best(ckpt_root, accelerator.unwrap_model(model))
-    return LoopResult(counters["step"], best, counters["stopped_early"], counters["train_seconds"], plan, _read_metrics(metrics_path))
+    return LoopResult(counters["step"], best, counters["stopped_early"], counters["train_seconds"], plan, _read_metrics(metrics_path),
+                      counters.get("step_seconds", counters["train_seconds"]))
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
