@@ -22,20 +22,32 @@ import torch
 from tunelab.config import RunConfig
 from tunelab.data.io_atomic import write_text_atomic
 from tunelab.errors import TunelabError
+from tunelab.estimate import log_estimate
 from tunelab.train.runtime import group_by_length, run_facts, sample_rows, start_run
 
 
-def build_classifier(model_cfg, num_labels: int, folder: Path, seed: int):
-    """Backbone from `folder` + head + trainable policy. Returns (model, tokenizer, info)."""
+def build_classifier(model_cfg, num_labels: int, folder: Path, seed: int, backbone=None):
+    """Backbone from `folder` (or `backbone`, e.g. one on the meta device) + head + trainable
+    policy. Returns (model, tokenizer, info)."""
     from tunelab.classify.model import TextClassifier, apply_trainable
     from tunelab.model.backbone import load_backbone, load_tokenizer
 
     tokenizer = load_tokenizer(folder)
-    backbone = load_backbone(folder)
+    backbone = load_backbone(folder) if backbone is None else backbone
     torch.manual_seed(seed)  # the head's initialisation
     model = TextClassifier(backbone, num_labels, model_cfg.pooling, model_cfg.causal_mask, model_cfg.head_dropout)
     info = apply_trainable(model, model_cfg.trainable, model_cfg.last_blocks, model_cfg.lora)
     return model, tokenizer, info
+
+
+def meta_classifier(cfg: RunConfig, folder: Path):
+    """The run's classifier on the meta device with its trainable policy (a 2-label head: the data
+    is not read), and what `tunelab.estimate` needs to know of this recipe: classification has no
+    gradient checkpointing and no LM head."""
+    from tunelab.model.backbone import meta_backbone
+
+    model, _, _ = build_classifier(cfg.model, 2, folder, cfg.train.seed, backbone=meta_backbone(folder))
+    return model, {"checkpointing": None, "logit_rows": None}
 
 
 def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, log=print) -> dict:
@@ -70,6 +82,7 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
     log(f"data: {len(splits.train)} train / {len(splits.validation)} validation / {len(splits.test)} test, labels {splits.labels}")
     log(f"model: {cfg.model.name} ({'encoder' if model.encoder else 'decoder'}), pooling {cfg.model.pooling}, "
         f"trainable {info['policy']}: {info['trainable_params']:,} of {info['total_params']:,} parameters; device {device}, {precision}")
+    log_estimate(cfg, model, device, precision, log)
 
     # data.packing: one padding-free row per micro-batch (same loss), where the model's family can
     # keep attention inside each example; otherwise padded as data.padding says.

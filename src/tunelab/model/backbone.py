@@ -117,3 +117,14 @@ def load_config_of(folder: str | Path):
         return AutoConfig.from_pretrained(str(folder))
     except (OSError, ValueError) as err:
         raise TunelabError(f"{folder}/config.json: cannot be read ({str(err).splitlines()[0]})") from None
+
+
+def meta_backbone(folder: str | Path, lm_head: bool = False) -> nn.Module:
+    """The model `load_backbone` would load, built from config.json alone on the meta device:
+    every parameter with its shape and dtype (fp32, as loaded), no weights read or allocated.
+    For counting parameters and estimating memory before a run (`tunelab estimate`)."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    config = load_config_of(folder)
+    with torch.device("meta"):
+        return (AutoModelForCausalLM if lm_head else AutoModel).from_config(config, dtype=torch.float32)

@@ -35,6 +35,7 @@ import torch
 from tunelab.config import RunConfig
 from tunelab.data.io_atomic import write_text_atomic
 from tunelab.errors import TunelabError
+from tunelab.estimate import log_estimate
 from tunelab.train.runtime import group_by_length, run_facts, start_run
 
 
@@ -46,12 +47,13 @@ def build_sft_template(sft_cfg, tokenizer):
                           system=sft_cfg.system, stop=sft_cfg.stop, user_template=sft_cfg.user_template)
 
 
-def build_sft_model(model_cfg, folder, seed: int):
-    """Causal LM + trainable policy (lora: PEFT adapters; all: every weight). (model, info)."""
+def build_sft_model(model_cfg, folder, seed: int, model=None):
+    """Causal LM from `folder` (or `model`, e.g. one on the meta device) + trainable policy (lora:
+    PEFT adapters; all: every weight). (model, info)."""
     from tunelab.model.backbone import load_backbone
     from tunelab.model.lora import count_parameters, inject_lora
 
-    model = load_backbone(folder, lm_head=True)
+    model = load_backbone(folder, lm_head=True) if model is None else model
     torch.manual_seed(seed)  # LoRA's A matrices
     if model_cfg.trainable == "lora":
         lora = model_cfg.lora
@@ -63,11 +65,22 @@ def build_sft_model(model_cfg, folder, seed: int):
     return model, {"policy": model_cfg.trainable, "trainable_params": trainable, "total_params": total}
 
 
+def meta_sft_model(cfg: RunConfig, folder):
+    """The run's causal LM on the meta device with its trainable policy, and what
+    `tunelab.estimate` needs to know of this recipe (gradient checkpointing as configured; the
+    loss holds the LM head's fp32 logits for CE_CHUNK target rows at a time)."""
+    from tunelab.model.backbone import meta_backbone
+    from tunelab.sft.objective import CE_CHUNK
+
+    model, _ = build_sft_model(cfg.model, folder, cfg.train.seed, model=meta_backbone(folder, lm_head=True))
+    return model, {"checkpointing": cfg.train.gradient_checkpointing, "logit_rows": CE_CHUNK}
+
+
 def use_packing(setting: str, model, device, log=print) -> tuple[bool, str]:
     """`data.packing` resolved: auto is off for now (on the H200, packed rows with flex attention
     measured 0.62x the padded path's tokens/s for full SFT of a Qwen2-0.5B shape and 0.76x for
     LoRA: uncompiled flex attention is slow; docs/benchmarks.md). `on` packs. When on, the model moves to
-    `device`, gets the attention kernel `packed_attention` picks (sdpa as the second choice), and
+    `device`, tries the attention kernels `packed_attention` lists, best first, and
     `packing_isolates` must confirm that packed examples stay apart; a model that mixes them
     trains on padded batches instead (logged), never on mixed ones.
 
@@ -81,7 +94,7 @@ def use_packing(setting: str, model, device, log=print) -> tuple[bool, str]:
         log(f"data.packing {setting} -> off ({device.type}): padded micro-batches")
         return False, before
     model.to(device)
-    for attn in dict.fromkeys([packed_attention(base.config, device.type), "sdpa"]):
+    for attn in packed_attention(base.config, device.type):
         try:
             base.set_attn_implementation(attn)
         except (ValueError, ImportError) as err:
@@ -220,6 +233,7 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(model, lora=info["policy"] == "lora")
         log("train.gradient_checkpointing: on (activations recomputed in the backward pass)")
+    log_estimate(cfg, model, device, precision, log, checkpointing=cfg.train.gradient_checkpointing, logit_rows=CE_CHUNK)
     compiled = use_compile(cfg.train.compile, device.type)
     if compiled:
         log(f"train.compile {cfg.train.compile} -> on: {compile_blocks(model)} transformer blocks compiled (dynamic shapes)")
