@@ -1,0 +1,185 @@
+"""One request's answer, streamed as whole characters: SFT generation as `tunelab serve` uses it.
+
+    gen = load_generator("runs/docqa-ko")
+    prep = gen.prepare(gen.chat_messages(messages), max_tokens=64, temperature=0, top_p=None, seed=None, stop=[])
+    done = gen.decode(prep, emit=print)      # emit gets text deltas; done.text is the answer
+
+Built from the pieces of `tunelab.sft.generate` (the run's template via `encode_prompt`, its stop
+tokens, a GenerationConfig with every knob set, the cut at stop strings and the same final
+clean-up), so a greedy answer is the one `tunelab generate` gives (tested). What is added: the
+request's own stop strings, a streamer, and a stop when the request is cancelled.
+
+Streamed deltas are always whole characters: the generated ids are decoded as a whole after each
+token and only the part that cannot change any more is sent: a byte-level vocabulary can end on
+half a Korean character (U+FFFD at the end, held back until the rest arrives), and a tail that
+may be the start of a stop string is held back too. The deltas join to exactly the final text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from tunelab.errors import TunelabError
+from tunelab.sft.formats import row_to_messages
+from tunelab.sft.generate import decoding_settings, generation_config, stop_token_ids, trim_at_stop
+from tunelab.sft.tokenize import encode, encode_prompt
+
+
+@dataclass
+class Prepared:
+    prompt: list[int]  # prompt ids, rendered with the run's template
+    settings: dict  # decoding_settings: max_new_tokens, do_sample, temperature, top_p, seed
+    stops: list[str]  # text stop strings: the template's (those not a special token) and the request's
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str  # "stop" (EOS, end of turn, a stop string) or "length" (max_tokens)
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def chat_messages(messages: list[dict]) -> list[dict]:
+    """A request's messages checked as a `messages` data row is (system first, then user and
+    assistant alternating), ending with the user turn to answer."""
+    if messages[-1]["role"] != "user":
+        raise TunelabError(f"the last message must be the user's, to be answered (got '{messages[-1]['role']}')")
+    try:
+        return row_to_messages({"messages": messages}, "messages", source="request", require_answer=False)
+    except TunelabError as err:
+        raise TunelabError(str(err).removeprefix("request:?: ")) from None
+
+
+def prompt_messages(prompt: str) -> list[dict]:
+    """A /v1/completions prompt as `tunelab generate --prompt` takes it: the user turn of the
+    run's template."""
+    return row_to_messages({"prompt": prompt}, "prompt_completion", source="request", require_answer=False)
+
+
+def text_stops(template, tokenizer) -> list[str]:
+    """The template's stop strings that are text, not one special token (those stop by id)."""
+    special = set(tokenizer.added_tokens_decoder)
+    return [s for s in template.stop_strings(tokenizer) if not (len(enc := encode(tokenizer, s)) == 1 and enc[0] in special)]
+
+
+def prepare(lm, messages: list[dict], *, max_tokens, temperature, top_p, seed, stop: list[str]) -> Prepared:
+    """Encode the prompt and settle the decoding settings (None = the run's); temperature 0 is
+    greedy, as in the OpenAI API. A prompt too long for the model is a TunelabError."""
+    prompt = encode_prompt(messages, lm.template, lm.tokenizer)
+    settings = decoding_settings(lm.meta.get("generation"), max_new_tokens=max_tokens, top_p=top_p, seed=seed,
+                                 do_sample=None if temperature is None else temperature > 0, temperature=temperature or None)
+    room = getattr(lm.model.config, "max_position_embeddings", None)
+    if room is not None and len(prompt) + settings["max_new_tokens"] > room:
+        raise TunelabError(f"the prompt has {len(prompt)} tokens; with max_tokens={settings['max_new_tokens']} that is more than "
+                           f"the model's {room} positions: shorten the messages or lower max_tokens")
+    return Prepared(prompt, settings, [*text_stops(lm.template, lm.tokenizer), *stop])
+
+
+def visible(text: str, stops: list[str], final: bool) -> str:
+    """The part of a growing answer that can be sent: cut at a stop string, stripped as
+    `generate` strips answers, without an incomplete last character and, until the end, without
+    a tail that may be the start of a stop string.
+
+    >>> visible("3년 이\\ufffd", [], final=False)
+    '3년 이'
+    >>> visible("Paris\\n[Ques", ["\\n[Question]"], final=False), visible("Paris\\n[Ques", ["\\n[Question]"], final=True)
+    ('Paris', 'Paris\\n[Ques')
+    """
+    text = trim_at_stop(text, stops)
+    if not final:
+        hold = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        text = text[: len(text) - hold]
+    return text.rstrip("\ufffd").strip()
+
+
+class TextStream(BaseStreamer):
+    """A `model.generate` streamer that hands whole-character text deltas to `emit`."""
+
+    def __init__(self, tokenizer, stop_ids: list[int], stops: list[str], emit):
+        self.tokenizer, self.stop_ids, self.stops, self.emit = tokenizer, set(stop_ids), stops, emit
+        self.ids: list[int] = []
+        self.sent = ""
+        self.prompt_seen = False
+
+    def text(self) -> str:
+        end = next((k for k, t in enumerate(self.ids) if t in self.stop_ids), len(self.ids))
+        return self.tokenizer.decode(self.ids[:end], skip_special_tokens=True)
+
+    def send(self, text: str) -> None:
+        # a decode that rewrote what was sent (rare clean-up of spaces) waits for the final text
+        if len(text) > len(self.sent) and text.startswith(self.sent):
+            self.emit(text[len(self.sent):])
+            self.sent = text
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate() first passes the prompt
+            self.prompt_seen = True
+            return
+        self.ids.extend(value.flatten().tolist())
+        if self.emit is not None:
+            self.send(visible(self.text(), self.stops, final=False))
+
+    def end(self) -> None:
+        pass
+
+
+class Cancelled(StoppingCriteria):
+    """Stop decoding once the request has gone (timeout, client disconnected)."""
+
+    def __init__(self, event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+@torch.no_grad()
+def decode(lm, prep: Prepared, emit=None, cancelled=None) -> Completion:
+    """Generate one answer (batch of one, so no padding); `emit(delta)` streams it."""
+    tokenizer, s = lm.tokenizer, prep.settings
+    stop_ids = stop_token_ids(lm.template, tokenizer)
+    cfg = generation_config(tokenizer, stop_ids, max_new_tokens=s["max_new_tokens"], do_sample=s["do_sample"],
+                            temperature=s["temperature"], top_p=s["top_p"], stop_strings=prep.stops)
+    if s["do_sample"] and s.get("seed") is not None:
+        torch.manual_seed(s["seed"])  # one request decodes at a time, so the global generator is ours
+    device = next(lm.model.parameters()).device
+    ids = torch.tensor([prep.prompt], dtype=torch.long, device=device)  # (1, T)
+    stream = TextStream(tokenizer, stop_ids, prep.stops, emit)
+    criteria = StoppingCriteriaList([Cancelled(cancelled)]) if cancelled is not None else None
+    out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=cfg,
+                            tokenizer=tokenizer, streamer=stream, stopping_criteria=criteria)  # (1, T + new)
+    stream.ids = out[0, ids.shape[1]:].tolist()
+    raw = stream.text()
+    text = visible(raw, prep.stops, final=True)
+    if emit is not None:
+        stream.send(text)
+    stopped = any(t in stop_ids for t in stream.ids) or trim_at_stop(raw, prep.stops) != raw
+    finish = "length" if len(stream.ids) >= s["max_new_tokens"] and not stopped else "stop"
+    return Completion(text, finish, len(prep.prompt), len(stream.ids))
+
+
+class Generator:
+    """An SFT run that answers requests one at a time (the server's `sft` backend)."""
+
+    def __init__(self, lm):
+        self.lm, self.model, self.meta = lm, lm.model, lm.meta
+
+    chat_messages = staticmethod(chat_messages)
+    prompt_messages = staticmethod(prompt_messages)
+
+    def prepare(self, messages: list[dict], **settings) -> Prepared:
+        return prepare(self.lm, messages, **settings)
+
+    def decode(self, prep: Prepared, emit=None, cancelled=None) -> Completion:
+        return decode(self.lm, prep, emit, cancelled)
+
+
+def load_generator(run, device: str | None = None) -> Generator:
+    from tunelab.sft.export import load_sft
+
+    return Generator(load_sft(run, device))
