@@ -39,6 +39,9 @@ def build_tokenizer(folder: Path):
     return fast
 
 
+ENCODERS = ("bert", "mpnet", "roberta")
+
+
 def tiny_config(arch: str, vocab_size: int):
     import transformers as tf
 
@@ -53,11 +56,15 @@ def tiny_config(arch: str, vocab_size: int):
         return tf.Gemma3TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=8, max_position_embeddings=128, sliding_window=16, **common)
     if arch == "bert":
         return tf.BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128, **common)
+    if arch == "mpnet":
+        return tf.MPNetConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=130, **common)
+    if arch == "roberta":
+        return tf.RobertaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=130, **common)
     raise ValueError(arch)
 
 
 def make_model_dir(root: Path, arch: str = "llama", seed: int = 0) -> Path:
-    """A local HF folder with a tiny random-init causal LM (or BERT) and its tokenizer."""
+    """A local HF folder with a tiny random-init causal LM (or encoder: bert, mpnet, roberta) and its tokenizer."""
     import torch
     import transformers as tf
 
@@ -68,7 +75,7 @@ def make_model_dir(root: Path, arch: str = "llama", seed: int = 0) -> Path:
     tok = build_tokenizer(folder)
     torch.manual_seed(seed)
     config = tiny_config(arch, len(tok))
-    model = tf.BertModel(config) if arch == "bert" else tf.AutoModelForCausalLM.from_config(config)
+    model = tf.AutoModel.from_config(config) if arch in ENCODERS else tf.AutoModelForCausalLM.from_config(config)
     model.save_pretrained(str(folder))
     return folder
 

@@ -28,6 +28,7 @@ from tunelab.errors import TunelabError
 COMMANDS = {
     "assets": "assets",
     "validate": "validate",
+    "estimate": "estimate",
     "train": "train",
     "eval": "evaluate",
     "predict": "predict",
@@ -37,6 +38,7 @@ COMMANDS = {
     "data": "data",
     "sweep": "sweep",
     "cv": "cv",
+    "serve": "serve",
 }
 
 

@@ -11,7 +11,8 @@ its own tokens: the same logits as the padded batch.
 head always trains in full. Frozen lower layers cost no backward pass: autograd builds the graph
 only from the first trainable block on.
 For decoders the head has no bias, like `score` in transformers' *ForSequenceClassification, so
-that a decoder with last-token pooling and the causal mask exports to that class unchanged.
+that a decoder with last-token pooling exports to that class unchanged (classify/export.py
+decides which runs do, and says why the others do not).
 """
 
 from __future__ import annotations
@@ -73,11 +74,6 @@ class TextClassifier(nn.Module):
         hidden = out.last_hidden_state  # (B, T, H)
         pooled = pool(hidden, segments, self.pooling)  # (N, H): only the pooled positions reach the head
         return self.head(self.dropout(pooled.to(self.head.weight.dtype))).float()  # (N, C)
-
-    def hf_representable(self) -> bool:
-        """True when stock `AutoModelForSequenceClassification` computes the same function:
-        a decoder pooling its last real token under the causal mask, head without dropout at eval."""
-        return (not self.encoder) and self.pooling == "last" and self.causal_mask
 
 
 def apply_trainable(model: TextClassifier, policy: str, last_blocks: int = 2, lora=None) -> dict:
