@@ -187,3 +187,32 @@ def base_config(train_file: Path, model_dir: Path, out: Path, **train) -> dict:
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+GEMMA_CHAT = (
+    "{{ bos_token }}{% for m in messages %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+    "<start_of_turn>{{ role }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+@functools.cache
+def tiny_sentencepiece_tokenizer():
+    """A Gemma-style tokenizer trained here: BPE on "▁"-joined words with byte fallback (the 256
+    <0xXX> tokens), <bos> added to every text, a <start_of_turn>/<end_of_turn> chat template, as
+    transformers' GemmaTokenizer builds it; the kind SentencePiece models (Gemma, Llama 2) ship."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import GemmaTokenizer
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")  # pieces within words, as SentencePiece learns
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=specials + byte_tokens, show_progress=False)
+    tok.train_from_iterator(CORPUS * 3, trainer)
+    spec = json.loads(tok.to_str())["model"]
+    fast = GemmaTokenizer(vocab=spec["vocab"], merges=[tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in spec["merges"]],
+                          add_bos_token=True)
+    fast.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    fast.chat_template = GEMMA_CHAT
+    return fast

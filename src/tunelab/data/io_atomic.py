@@ -63,6 +63,18 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def set_mode_from_umask(path: str | os.PathLike) -> None:
+    """Give `path` (a file, or a folder and everything in it) the permissions a plain open() or
+    mkdir() would under the current umask. Writers that create 0600 files (mkstemp, safetensors)
+    otherwise leave outputs only their owner can read, unlike every other file tunelab writes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path = Path(path)
+    for p in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
 def write_bytes_atomic(path: str | os.PathLike, chunks: Iterable[bytes]) -> Path:
     """Write `chunks` to `path` atomically (creating parent folders); returns the path."""
     path = Path(path)
@@ -82,10 +94,7 @@ def write_bytes_atomic(path: str | os.PathLike, chunks: Iterable[bytes]) -> Path
                 fh.write(chunk)
             fh.flush()
             os.fsync(fh.fileno())
-        # mkstemp creates 0600; give the file the permissions a normal open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        set_mode_from_umask(tmp)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException as err:
         try:
