@@ -12,7 +12,9 @@ Each case runs (1) the stock path: transformers Trainer (+ PEFT for LoRA), SDPA,
 to the longest in the batch; (2) `tunelab train` in process with its defaults (padded micro-batches,
 fused AdamW, chunked LM-head loss); (3) the same with data.packing on (padding-free rows; on CUDA
 varlen attention, `tunelab.model.varlen`); (4) with --compile, packed SFT also with train.compile
-on. Reported: real (non-pad) tokens/s over the training steps, first to last (CUDA-synchronised;
+on; (5) with --liger, packed again after Liger-Kernel's Triton RMSNorm, RoPE and SwiGLU replaced the
+model's own (an experiment: is the step launch-bound enough that fused kernels pay?). A variant
+that fails prints its error and the run goes on. Reported: real (non-pad) tokens/s over the training steps, first to last (CUDA-synchronised;
 set-up, validation and checkpoint writes left out of both paths, compile time included), MFU,
 peak GPU memory, the mean training loss of the last 10 steps.
 
@@ -235,6 +237,16 @@ def run_tunelab(task: str, folder: Path, data: Path, trainable: str, steps: int,
             "last_loss": losses[-1] if losses else None, "mfu": mfu(s["train_tokens_per_second"], n, trainable == "lora"), "precision": s["precision"], "packing": s.get("packing")}
 
 
+def liger(kind: str) -> None:
+    """Liger-Kernel's fused RMSNorm, RoPE and SwiGLU patched into transformers' module for `kind`
+    (the loss stays tunelab's chunked one). Global: later runs of that family use them too."""
+    import liger_kernel.transformers as lk
+
+    patch = {"qwen2": lk.apply_liger_kernel_to_qwen2, "llama": lk.apply_liger_kernel_to_llama}[kind]
+    kw = dict(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
+    patch(**kw)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -243,6 +255,7 @@ def main() -> None:
     ap.add_argument("--steps-cls", type=int, default=150)
     ap.add_argument("--tiny", action="store_true", help="tiny shapes, few steps: check the script on a CPU")
     ap.add_argument("--compile", action="store_true", help="SFT cases: also run with train.compile on")
+    ap.add_argument("--liger", action="store_true", help="also run packed with Liger-Kernel's fused norm/rope/swiglu (if installed)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -268,15 +281,22 @@ def main() -> None:
         variants = {"tunelab": ("auto", "auto"), "tunelab_packed": ("on", "off")}
         if task == "sft" and compile_variant:  # train.compile: on (auto is off); classification does not compile
             variants["tunelab_compile"] = ("on", "on")
+        if args.liger:
+            variants["tunelab_packed_liger"] = ("on", "off")
         for name, (packing, compile) in variants.items():
-            r[name] = run_tunelab(task, folder, data, trainable, steps, batch, work / f"run-{case}-{name}", max_length, n, packing, compile)
+            try:
+                if name.endswith("_liger"):
+                    liger(SHAPES[shape][0])
+                r[name] = run_tunelab(task, folder, data, trainable, steps, batch, work / f"run-{case}-{name}", max_length, n, packing, compile)
+            except Exception as err:  # one failed variant must not cost the others' device time
+                print(f"({case}) {name} failed: {type(err).__name__}: {err}", flush=True)
         results[case] = {"task": task, "shape": shape, "trainable": trainable, "batch": batch, "lengths": [lo, hi], "steps": steps, **r}
         (out / "fastpath.json").write_text(json.dumps(results, indent=1))
         for k, v in r.items():
             print(f"({case}) {shape:13s} {task:14s} {trainable:4s} {k:15s} tokens/s {v['tokens_per_s']:9.0f}  MFU {100 * v['mfu']:5.1f} %  "
                   f"peak {v['peak_gib']:6.2f} GiB  {v['seconds']:6.1f} s  last loss {v['last_loss']}", flush=True)
         if "stock" in r:
-            for name in variants:
+            for name in (v for v in variants if v in r):
                 print(f"({case}) {name}: speed-up over stock {r[name]['tokens_per_s'] / r['stock']['tokens_per_s']:.2f}x, "
                       f"memory {r[name]['peak_gib'] / r['stock']['peak_gib']:.2f}x", flush=True)
 

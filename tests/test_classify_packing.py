@@ -257,3 +257,67 @@ def test_packed_run_matches_padded_run(tmp_path, spam_csv, tiny_llama):
     for split in ("validation", "test", "train"):
         assert on[split]["loss"] == pytest.approx(off[split]["loss"], rel=1e-4, abs=1e-5)
         assert on[split]["accuracy"] == off[split]["accuracy"]
+
+
+def _as_varlen(model) -> TextClassifier:
+    """The CUDA varlen plan forced on a CPU model: the attention runs its exact per-example
+    reference (`tunelab.model.varlen`), so these tests check the bookkeeping the kernel gets."""
+    from tunelab.classify.packing import varlen_plan
+    from tunelab.model import varlen
+
+    plan = varlen_plan(model.packing_plan, model.config.model_type)
+    assert plan is not None, model.config.model_type
+    model.backbone.set_attn_implementation(varlen.register())
+    model.packing_plan = plan
+    return model
+
+
+@pytest.mark.parametrize("arch,causal", [(a, c) for a in DECODERS for c in (True, False)] + [("bert", True)]
+                         + [(e, True) for e in OTHER_ENCODERS if e != "mpnet"])
+def test_varlen_packed_equals_padded(model_root, arch, causal):
+    """Varlen attention (no mask, the collator's boundaries) gives the padded batch's logits, loss
+    and gradients, the Gemma 3 sliding layers (window 16 < 20 and 27 tokens) included; the padded
+    validation batches of the same model still go through sdpa with their mask."""
+    model = _as_varlen(_classifier(model_root, arch, "mean", causal))
+    _assert_packed_equals_padded(model, _items())
+    _assert_packed_equals_padded(model, _items(), multiple_of=16)
+
+
+@pytest.mark.parametrize("arch,causal", [("llama", True), ("gemma3", False), ("bert", True), ("gpt2", False)])
+def test_varlen_examples_in_one_row_are_isolated(model_root, arch, causal):
+    model = _as_varlen(_classifier(model_root, arch, "mean", causal))
+    collate = PackingCollator(_pad_id(model))
+    base = _items(0, (6, 7, 8))
+    changed = [base[0], (_items(2, (19,))[0][0], 1), base[2]]
+    with torch.no_grad():
+        ref, out = (model(**{k: v for k, v in collate(x).items() if k != "labels"}) for x in (base, changed))
+    assert torch.allclose(out[0], ref[0], atol=1e-6, rtol=0) and torch.allclose(out[2], ref[2], atol=1e-6, rtol=0)
+    assert not torch.allclose(out[1], ref[1], atol=1e-3)
+
+
+def test_varlen_is_cuda_only_and_restored_before_export(model_root):
+    from tunelab.classify.packing import restore_attention, use_varlen
+
+    model = _classifier(model_root, "llama", "last", True)
+    assert use_varlen(model, torch.device("cpu"), print) is False and model.packing_plan.mode == "positions"
+    _as_varlen(model).plan_before_varlen = _classifier(model_root, "llama", "last", True).packing_plan
+    restore_attention(model)
+    assert model.config._attn_implementation == "sdpa" and model.packing_plan.mode == "positions"
+    assert _classifier(model_root, "mpnet", "mean").packing_plan.mode == "mask"  # no attention interface: keeps its mask
+
+
+def test_varlen_keeps_the_plan_of_a_model_with_attention_dropout(model_root, monkeypatch):
+    """The varlen kernel has no dropout: a packed GPT-2 (attn_pdrop 0.1 as released) would run one
+    attention call per example. It keeps its plan and the log says why; without dropout it switches."""
+    from tunelab.classify.packing import use_varlen
+    from tunelab.model import varlen
+
+    monkeypatch.setattr(varlen, "kernel_available", lambda device_type: True)  # as on CUDA
+    lines = []
+    model = _classifier(model_root, "gpt2", "last", True)
+    model.config.attn_pdrop = 0.1
+    before = model.packing_plan
+    assert use_varlen(model, torch.device("cpu"), lines.append) is False
+    assert model.packing_plan is before and "attention dropout 0.1" in lines[-1]
+    model.config.attn_pdrop = 0.0
+    assert use_varlen(model, torch.device("cpu"), lines.append) is True and model.packing_plan.mode == "varlen"

@@ -109,6 +109,8 @@ class TrainConfig(Section):
     max_tokens_per_micro_batch: Optional[int] = Field(None, ge=1, description="Cut each optimizer step's examples into micro-batches of at most this many real tokens (the gradient does not depend on the cut: the loss is normalised by the step's targets). null = batch_size examples per micro-batch.")
     compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile each transformer block (dynamic shapes) on a GPU. on = compile; auto = off for now: measured on an H200 the first compiled step took about a minute and validation recompiled, more than short runs gain.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass instead of keeping them: less memory, about a third more compute.")
+    cache_frozen: bool = Field(True, description="Classification with trainable head or last_blocks: compute the frozen lower blocks once per text and keep their output (in RAM, or memory-mapped under the run folder when large), so later epochs and evaluations run only the trained top; same metrics. Used where the frozen part has no active dropout and rows are not packed; the log says when and why not.")
+    distributed: Literal["auto", "ddp", "fsdp"] = Field("auto", description="With several processes (torchrun, accelerate launch): ddp = a whole model per process, gradients averaged; fsdp = weights, gradients and optimizer states sharded over the processes (FSDP2), for models whose training state does not fit one GPU; auto = ddp. One process ignores it.")
 
 
 class EvalConfig(Section):
@@ -156,7 +158,7 @@ class SftConfig(Section):
 # the seven-questions sweep (docs/seven-questions.md, Q1 and Q6 rows).
 CLASSIFICATION_LR = {"head": 1e-3, "last_blocks": 1e-4, "all": 5e-5, "lora": 5e-4}
 # Fields that only classification reads; a task sft config may not set them to other values.
-CLASSIFICATION_ONLY = {"model": ("pooling", "causal_mask", "head_dropout"), "data": ("text_column", "label_column", "balance")}
+CLASSIFICATION_ONLY = {"model": ("pooling", "causal_mask", "head_dropout"), "data": ("text_column", "label_column", "balance"), "train": ("cache_frozen",)}
 
 
 class RunConfig(Section):

@@ -74,6 +74,8 @@ class PackingCollator:
     >>> b = PackingCollator(pad_id=0)([([5, 6, 7], 1), ([8, 9], 0)])
     >>> b["input_ids"].tolist(), b["position_ids"].tolist(), b["segment_ids"].tolist(), b["labels"].tolist()
     ([[5, 6, 7, 8, 9]], [[0, 1, 2, 0, 1]], [[1, 1, 1, 2, 2]], [1, 0])
+    >>> b["cu_seq_lens"].tolist(), b["max_length"]  # example boundaries, for varlen attention
+    ([0, 3, 5], 3)
     """
 
     def __init__(self, pad_id: int = 0, multiple_of: int | None = None):
@@ -87,10 +89,15 @@ class PackingCollator:
         starts = torch.cumsum(lengths, 0) - lengths  # (B,) where each example begins
         position_ids = torch.arange(len(input_ids)) - torch.repeat_interleave(starts, lengths)  # (T,)
         segment_ids = torch.repeat_interleave(torch.arange(1, len(items) + 1), lengths)  # (T,)
+        bounds, longest = [0, *torch.cumsum(lengths, 0).tolist()], int(lengths.max())
         if self.multiple_of:
             tail = -len(input_ids) % self.multiple_of
             input_ids = torch.cat([input_ids, torch.full((tail,), self.pad_id, dtype=torch.long)])
             position_ids = torch.cat([position_ids, torch.arange(tail)])
             segment_ids = torch.cat([segment_ids, torch.zeros(tail, dtype=torch.long)])
+            if tail:
+                bounds.append(bounds[-1] + tail)  # the tail attends to itself only
+                longest = max(longest, tail)
         return {"input_ids": input_ids[None], "position_ids": position_ids[None], "segment_ids": segment_ids[None],
-                "labels": torch.tensor([y for _, y in items], dtype=torch.long)}
+                "labels": torch.tensor([y for _, y in items], dtype=torch.long),
+                "cu_seq_lens": torch.tensor(bounds, dtype=torch.int32), "max_length": longest}

@@ -26,8 +26,22 @@ def classification_metrics(y_true: list[int], y_pred: list[int], labels: list[st
 
 
 def evaluate_items(model, items, collate, batch_size: int, device, labels: list[str], class_weights=None) -> dict:
-    """Loss (mean cross-entropy), accuracy, macro-F1 and the rest on a list of (ids, label) items."""
-    logits = predict_logits(model, items, collate, batch_size, device)
+    """Loss (mean cross-entropy), accuracy, macro-F1 and the rest on a list of (ids, label) items.
+
+    With several processes the batches (those `predict_logits` makes: sorted by length, cut
+    every `batch_size`) are dealt over them and the logits gathered (`distributed.map_batches`),
+    so each batch is scored once, exactly as by one process, and every process gets the scores."""
+    from tunelab.train.distributed import map_batches
+
+    order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
+    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    with torch.no_grad():
+        parts = map_batches(lambda idx: predict_logits(model, [items[i] for i in idx], collate, batch_size, device), batches)
+    logits = torch.zeros(0)
+    if parts:
+        logits = torch.empty(len(items), parts[0].shape[-1])  # (N, C) in the items' order
+        for idx, part in zip(batches, parts):
+            logits[idx] = part
     y_true = torch.tensor([y for _, y in items])
     loss = torch.nn.functional.cross_entropy(logits, y_true, weight=class_weights).item()
     scores = classification_metrics(y_true.tolist(), logits.argmax(-1).tolist(), labels)

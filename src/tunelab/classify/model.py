@@ -9,7 +9,8 @@ once per model as `TextClassifier.packing_plan`, see classify/packing.py) and ea
 its own tokens: the same logits as the padded batch.
 `apply_trainable` picks what trains: the head only, the last N blocks, everything, or LoRA; the
 head always trains in full. Frozen lower layers cost no backward pass: autograd builds the graph
-only from the first trainable block on.
+only from the first trainable block on; they cost no forward pass after the first either when the
+run caches their output (`frozen_states`, classify/frozen_cache.py).
 For decoders the head has no bias, like `score` in transformers' *ForSequenceClassification, so
 that a decoder with last-token pooling exports to that class unchanged (classify/export.py
 decides which runs do, and says why the others do not).
@@ -20,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tunelab.classify.frozen_cache import skip_frozen
 from tunelab.classify.packing import packed_backbone_inputs, packing_plan
 from tunelab.classify.pooling import pool
 from tunelab.errors import TunelabError
@@ -37,6 +39,7 @@ class TextClassifier(nn.Module):
         if not self.encoder:
             set_causal(backbone, causal_mask)
         self.packing_plan = packing_plan(backbone, causal_mask)  # made before LoRA wraps the backbone
+        self.frozen_blocks = 0  # blocks[:frozen_blocks] never train (set by apply_trainable)
         self.dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(hidden_size(backbone.config), num_labels, bias=self.encoder)
         std = getattr(backbone.config, "initializer_range", 0.02)
@@ -49,27 +52,37 @@ class TextClassifier(nn.Module):
         return self.backbone.config
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None, cu_seq_lens: torch.Tensor | None = None, max_length: int | None = None,
+                frozen_states: torch.Tensor | None = None) -> torch.Tensor:
         """Padded: input_ids, attention_mask (B, T); segment_ids (B, T), optional: 0 = pad, k = k-th
         sequence of the row (defaults to the attention mask: one sequence per row).
         Packed: attention_mask None, segment_ids and position_ids (B, T) from `PackingCollator`
-        (positions restart at 0 per example); attention stays inside each example.
+        (positions restart at 0 per example); attention stays inside each example. cu_seq_lens and
+        max_length (from the collator) are the example boundaries varlen attention reads.
+        frozen_states (B, T, H), padded only: the hidden states entering block `frozen_blocks`,
+        from the frozen-prefix cache; the blocks below are skipped, the rest runs as usual.
         Returns logits (num_sequences, num_labels) in float32."""
         if attention_mask is None:
             if segment_ids is None or position_ids is None:
                 raise ValueError("without an attention_mask, pass the packed layout: segment_ids and position_ids")
+            if frozen_states is not None:
+                raise ValueError("frozen_states come with padded batches (an attention_mask), not packed rows")
             attention = getattr(self.backbone.config, "_attn_implementation", None) or "eager"
             if not self.packing_plan.problem and attention != self.packing_plan.attention:
                 raise ValueError(f"attention implementation changed to {attention!r} after the packing plan was made for {self.packing_plan.attention!r}")
             dtype = self.backbone.get_input_embeddings().weight.dtype  # of an additive (eager) mask
-            out = self.backbone(input_ids=input_ids, **packed_backbone_inputs(self.packing_plan, segment_ids, position_ids, dtype))
+            out = self.backbone(input_ids=input_ids, **packed_backbone_inputs(self.packing_plan, segment_ids, position_ids, dtype, cu_seq_lens, max_length))
             segments = segment_ids
         else:
             extra = {}
             if not self.encoder:
                 # Positions count real tokens only, so left padding does not shift them (B, T).
                 extra = {"use_cache": False, "position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0)}
-            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
+            if frozen_states is None:
+                out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
+            else:
+                with skip_frozen(self.backbone, self.frozen_blocks, frozen_states):
+                    out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
             segments = attention_mask if segment_ids is None else segment_ids
         hidden = out.last_hidden_state  # (B, T, H)
         pooled = pool(hidden, segments, self.pooling)  # (N, H): only the pooled positions reach the head
@@ -87,6 +100,7 @@ def apply_trainable(model: TextClassifier, policy: str, last_blocks: int = 2, lo
             blocks = transformer_blocks(model.backbone)
             if last_blocks > len(blocks):
                 raise TunelabError(f"model.last_blocks = {last_blocks} but the model has only {len(blocks)} blocks")
+            model.frozen_blocks = len(blocks) - last_blocks
             for block in list(blocks)[-last_blocks:]:
                 for p in block.parameters():
                     p.requires_grad = True
@@ -94,7 +108,9 @@ def apply_trainable(model: TextClassifier, policy: str, last_blocks: int = 2, lo
             if norm is not None:
                 for p in norm.parameters():
                     p.requires_grad = True
-        elif policy not in ("head", "all"):
+        elif policy == "head":
+            model.frozen_blocks = len(transformer_blocks(model.backbone))
+        elif policy != "all":
             raise ValueError(f"unknown trainable policy {policy!r}")
     for p in model.head.parameters():
         p.requires_grad = True

@@ -28,6 +28,13 @@ unchanged):
   unpadded example. MPNet's relative position bias uses index distances, equal to position
   distances inside an example (and masked across them).
 
+- Varlen (CUDA, `use_varlen`): where torch's FlashAttention varlen kernel runs
+  (`tunelab.model.varlen`), the families in VARLEN_FAMILIES switch to the `tunelab_varlen`
+  attention: no mask at all, the example boundaries go down to every attention call as
+  `cu_seq_lens` (built by the collator), the window per layer as transformers passes it. The dense
+  (T, T) masks above make sdpa fall back to a slower kernel and cost O(T^2) memory; measured on the
+  H200 in docs/benchmarks.md. MPNet (no attention interface in transformers) keeps its mask.
+
 Anything else is not packed: other families (ModernBERT's local attention and unpadding, DeBERTa's
 own relative-attention masks, ... not verified), attention implementations other than sdpa and
 eager (flash attention and flex attention not verified here), Gemma 3 with
@@ -38,7 +45,7 @@ each other, with no error, only worse models.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -51,6 +58,10 @@ MASK_DICT_FAMILIES = {"qwen2", "gemma3_text"}
 # ("pad+1": RoBERTa-style embeddings, padding_idx + 1).
 PACKED_ENCODERS = {"bert": 0, "electra": 0, "albert": 0, "distilbert": 0, "roberta": "pad+1", "xlm-roberta": "pad+1", "camembert": "pad+1", "mpnet": "pad+1"}
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+# Families whose attention goes through transformers' attention interface with the forward's keyword
+# arguments routed down to it, so `cu_seq_lens` reaches every layer (checked by the packed == padded
+# tests with the varlen plan).
+VARLEN_FAMILIES = {"llama", "qwen2", "gemma3_text", "gpt2", "bert", "roberta", "xlm-roberta", "camembert", "electra", "albert", "distilbert"}
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,7 @@ class PackingPlan:
     """How one backbone runs a packed row; `problem` (why it cannot) is None when it can."""
 
     problem: str | None
-    mode: str = ""  # "positions": transformers' block-causal mask from position_ids; "mask": our 4D mask
+    mode: str = ""  # "positions": transformers' block-causal mask from position_ids; "mask": our 4D mask; "varlen": boundaries
     attention: str = ""  # the attention implementation the plan was made for
     position_start: int = 0  # added to the restarting positions (RoBERTa-style embeddings)
     sliding_window: int | None = None  # for the "sliding_attention" entry of a mask dict
@@ -70,6 +81,8 @@ class PackingPlan:
             return self.problem
         if self.mode == "positions":
             return f"block-causal mask built by transformers from the restarting position_ids ({self.attention})"
+        if self.mode == "varlen":
+            return f"varlen attention over each example's own tokens, no mask ({self.attention})"
         fmt = "boolean" if self.attention == "sdpa" else "additive"
         per_layer = " per layer type (sliding window inside each example)" if self.sliding_window is not None else ""
         return f"block-diagonal {fmt} 4D mask{per_layer} ({self.attention})"
@@ -116,10 +129,74 @@ def block_mask(segment_ids: torch.Tensor, position_ids: torch.Tensor, attention:
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def packed_backbone_inputs(plan: PackingPlan, segment_ids: torch.Tensor, position_ids: torch.Tensor, dtype: torch.dtype) -> dict:
+def segment_bounds(segment_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(cu_seq_lens int32, longest segment) of a packed row (1, T): where each run of equal segment
+    ids starts, plus T. The collator builds these on the host; this is for callers that pass only
+    segment ids (one host sync).
+
+    >>> cu, longest = segment_bounds(torch.tensor([[1, 1, 1, 2, 2, 0]]))
+    >>> cu.tolist(), longest
+    ([0, 3, 5, 6], 3)
+    """
+    _, counts = torch.unique_consecutive(segment_ids[0], return_counts=True)
+    cu = torch.zeros(len(counts) + 1, dtype=torch.int32, device=segment_ids.device)
+    cu[1:] = torch.cumsum(counts, 0)
+    return cu, int(counts.max())
+
+
+def varlen_plan(plan: PackingPlan, family: str) -> PackingPlan | None:
+    """The plan with varlen attention instead of a mask, or None where the family is not verified."""
+    if plan.problem or family not in VARLEN_FAMILIES:
+        return None
+    from tunelab.model.varlen import NAME
+
+    return replace(plan, mode="varlen", attention=NAME, mask_dict=False)
+
+
+def use_varlen(model, device: torch.device, log=print) -> bool:
+    """On CUDA with torch's varlen kernel, switch a packed classifier (`TextClassifier`) to varlen
+    attention (see the module docstring); True when switched. `restore_attention` undoes it.
+    A model with attention dropout keeps its plan (the kernel has no dropout), with a log line."""
+    from tunelab.model import varlen
+
+    plan = varlen_plan(model.packing_plan, getattr(model.config, "model_type", ""))
+    if plan is None or not varlen.kernel_available(device.type):
+        return False
+    if (p := varlen.attention_dropout(model.config)) > 0:
+        log(f"data.packing: attention dropout {p:g} is on, which the varlen kernel cannot apply: packed rows keep the "
+            f"{model.packing_plan.describe()} (slower than padded batches on a GPU; data.packing off, or the model's attention dropout 0)")
+        return False
+    varlen.register()
+    _base(model.backbone).set_attn_implementation(plan.attention)
+    model.plan_before_varlen, model.packing_plan = model.packing_plan, plan
+    log(f"data.packing: {plan.describe()}")
+    return True
+
+
+def restore_attention(model) -> None:
+    """The attention implementation and plan the model had before `use_varlen` (before export: a
+    saved config must name an implementation stock transformers knows)."""
+    before = getattr(model, "plan_before_varlen", None)
+    if before is not None:
+        _base(model.backbone).set_attn_implementation(before.attention)
+        model.packing_plan, model.plan_before_varlen = before, None
+
+
+def _base(backbone):
+    return backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+
+
+def packed_backbone_inputs(plan: PackingPlan, segment_ids: torch.Tensor, position_ids: torch.Tensor, dtype: torch.dtype,
+                           cu_seq_lens: torch.Tensor | None = None, max_length: int | None = None) -> dict:
     """Keyword arguments (besides input_ids) for the backbone's forward on a packed row."""
     if plan.problem:
         raise ValueError(f"this model cannot run packed batches: {plan.problem}")
+    if plan.mode == "varlen":
+        if cu_seq_lens is None:
+            cu_seq_lens, max_length = segment_bounds(segment_ids)
+        extra = {"use_cache": False} if plan.decoder else {}
+        return {"attention_mask": None, "position_ids": position_ids + plan.position_start, "cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens,
+                "max_length_q": int(max_length), "max_length_k": int(max_length), **extra}
     if plan.mode == "positions":
         return {"attention_mask": None, "position_ids": position_ids, "use_cache": False}
     full = block_mask(segment_ids, position_ids, plan.attention, dtype)

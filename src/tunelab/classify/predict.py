@@ -17,7 +17,8 @@ from tunelab.train.runtime import model_dir_of
 @torch.no_grad()
 def predict_logits(model, items: list[tuple[list[int], int]], collate, batch_size: int, device) -> torch.Tensor:
     """Logits (N, C) for `items` in their original order. Items are batched by length so that
-    little padding is computed; inference mode, no dropout."""
+    little padding is computed; inference mode, no dropout. A collator that adds `frozen_states`
+    (the frozen-prefix cache's) has them passed on."""
     was_training = model.training
     model.eval()
     order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
@@ -25,7 +26,8 @@ def predict_logits(model, items: list[tuple[list[int], int]], collate, batch_siz
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = collate([items[i] for i in idx])
-        logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu()
+        cached = {"frozen_states": batch["frozen_states"].to(device)} if "frozen_states" in batch else {}
+        logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), **cached).float().cpu()
         for row, i in enumerate(idx):
             out[i] = logits[row]
     model.train(was_training)

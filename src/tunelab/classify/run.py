@@ -23,6 +23,7 @@ from tunelab.config import RunConfig
 from tunelab.data.io_atomic import write_text_atomic
 from tunelab.errors import TunelabError
 from tunelab.estimate import log_estimate
+from tunelab.train import distributed as dist
 from tunelab.train.runtime import group_by_length, run_facts, sample_rows, start_run
 
 
@@ -56,14 +57,16 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
     from tunelab.classify.data import load_splits
     from tunelab.classify.evaluate import evaluate_items, format_report
     from tunelab.classify.export import export_classifier
+    from tunelab.classify.frozen_cache import frozen_cache
     from tunelab.classify.objective import ClassificationObjective, balanced_class_weights
-    from tunelab.classify.packing import resolve_packing
+    from tunelab.classify.packing import resolve_packing, restore_attention, use_varlen
     from tunelab.train.loop import fit, plan_steps
 
     run_dir, accelerator, precision, started = start_run(cfg, resume, force)
     device = accelerator.device
+    log = dist.main_only(log)  # with several processes, rank 0 speaks and writes (train/distributed.py)
 
-    folder = resolve_model(cfg.model.name)  # cheap: a missing model fails before the data is read
+    folder = dist.on_main(resolve_model, cfg.model.name)  # cheap: a missing model fails before the data is read
     splits = load_splits(cfg.data)
     model, tokenizer, info = build_classifier(cfg.model, len(splits.labels), folder, cfg.train.seed)
     max_length = cfg.data.max_length
@@ -77,7 +80,7 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
         splits.report.setdefault("truncated", {})[name] = enc.truncated
     lengths = sorted(len(ids) for ids, _ in encoded["train"])
     splits.report["train_tokens"] = {"median": lengths[len(lengths) // 2], "max": lengths[-1]}
-    write_text_atomic(run_dir / "data_report.json", json.dumps(splits.report, indent=1, ensure_ascii=False))
+    dist.on_main(write_text_atomic, run_dir / "data_report.json", json.dumps(splits.report, indent=1, ensure_ascii=False))
 
     log(f"data: {len(splits.train)} train / {len(splits.validation)} validation / {len(splits.test)} test, labels {splits.labels}")
     log(f"model: {cfg.model.name} ({'encoder' if model.encoder else 'decoder'}), pooling {cfg.model.pooling}, "
@@ -87,12 +90,19 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
     # data.packing: one padding-free row per micro-batch (same loss), where the model's family can
     # keep attention inside each example; otherwise padded as data.padding says.
     packed = resolve_packing(cfg.data.packing, device, model.packing_plan, log)
+    if packed:
+        use_varlen(model, device, log)  # CUDA: no mask at all, the example boundaries instead
     if packed and cfg.data.padding != "longest":
         log(f"data.padding {cfg.data.padding} does not apply: packed micro-batches have no padding")
     collate = PackingCollator(tokenizer.pad_token_id) if packed else ClassificationCollator(tokenizer.pad_token_id, cfg.data.padding, max_length)
     # Scoring always pads to the longest in a length-sorted batch: predictions do not depend on
     # padding (last real token, positions from the mask), so fixed-length padding would only cost time.
     eval_collate = ClassificationCollator(tokenizer.pad_token_id, "longest", max_length)
+    # train.cache_frozen: the frozen lower blocks run once per text, every later pass from their output.
+    cache = frozen_cache(model, [ids for items in encoded.values() for ids, _ in items], cfg.train.cache_frozen, info["policy"], packed, dist.world_size(),
+                         tokenizer.pad_token_id, cfg.eval.batch_size, device, accelerator.autocast, run_dir, log=log)
+    if cache is not None:
+        collate, eval_collate = cache.collator(collate), cache.collator(eval_collate)
     weights = balanced_class_weights([y for _, y in encoded["train"]], len(splits.labels)) if cfg.data.balance == "class_weights" else None
     objective = ClassificationObjective(weights)
 
@@ -107,15 +117,17 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
                       lengths=[len(ids) for ids, _ in encoded["train"]])  # for train.max_tokens_per_micro_batch
     result = fit(model, encoded["train"], collate, objective, validate if encoded["validation"] else None, cfg.train, plan, run_dir, accelerator, resume=resume,
                  lengths=[len(ids) for ids, _ in encoded["train"]] if group else None, log=log)
-    model = accelerator.unwrap_model(model)
+    model = result.model  # plain and whole on every process, the best weights
+    restore_attention(model)  # scoring and the export use the model's own attention
 
     test = evaluate_items(model, encoded["test"], eval_collate, cfg.eval.batch_size, device, splits.labels) if encoded["test"] else None
     train_scored = sample_rows(encoded["train"], cfg.eval.train_rows, cfg.train.seed)
     train_scores = evaluate_items(model, train_scored, eval_collate, cfg.eval.batch_size, device, splits.labels)
-    meta = export_classifier(model, tokenizer, splits.labels, run_dir / "model", extra={"max_length": max_length, "base_model": cfg.model.name, "trainable": info})
+    cached = cache.close() if cache is not None else None
+    meta = dist.on_main(export_classifier, model, tokenizer, splits.labels, run_dir / "model", extra={"max_length": max_length, "base_model": cfg.model.name, "trainable": info})
     if test is not None:
-        write_text_atomic(run_dir / "test_metrics.json", json.dumps(test, indent=1, ensure_ascii=False))
-        write_text_atomic(run_dir / "test_report.txt", format_report(test) + "\n")
+        dist.on_main(write_text_atomic, run_dir / "test_metrics.json", json.dumps(test, indent=1, ensure_ascii=False))
+        dist.on_main(write_text_atomic, run_dir / "test_report.txt", format_report(test) + "\n")
 
     summary = {
         "task": "classification",
@@ -129,8 +141,9 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
         "test": {k: test[k] for k in ("loss", "accuracy", "macro_f1")} if test else None,
         "hf_compatible": meta["hf_compatible"],
         "packing": packed,
+        "frozen_cache": cached,
     }
-    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False))
+    dist.on_main(write_text_atomic, run_dir / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False))
     if test is not None:
         log("\n" + format_report(test))
     loader = "transformers AutoModelForSequenceClassification or tunelab.load" if meta["hf_compatible"] else "tunelab.load (pooling/mask choices that stock transformers classes do not represent)"

@@ -42,17 +42,22 @@ def token_loss(model, examples: list[dict], pad_id: int, batch_size: int = 8, de
     """Mean target-token cross-entropy and perplexity over `examples` ({"input_ids", "labels"})."""
     if not examples:
         return {"loss": None, "perplexity": None, "n_targets": 0}
+    from tunelab.train.distributed import map_batches
+
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+
+    def score(idx: list[int]) -> tuple[float, int]:
+        batch = collate([examples[i] for i in idx], pad_id)
+        loss_sum, count = sft_loss(model, {k: v.to(device) for k, v in batch.items()})
+        return loss_sum.item(), int(count)
+
     total, n = 0.0, 0
-    try:
-        for start in range(0, len(order), batch_size):
-            batch = collate([examples[i] for i in order[start:start + batch_size]], pad_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss_sum, count = sft_loss(model, batch)
-            total, n = total + loss_sum.item(), n + int(count)
+    try:  # with several processes the batches are dealt over them; summed in order, as by one
+        for loss_sum, count in map_batches(score, [order[k:k + batch_size] for k in range(0, len(order), batch_size)]):
+            total, n = total + loss_sum, n + count
     finally:
         model.train(was_training)
     loss = total / max(n, 1)
@@ -65,16 +70,36 @@ def generate_and_score(model, tokenizer, template, items, generation: dict, batc
     Returns {"scores", "predictions", "references", "prompts"}; prompts are the last user turn's
     plain text (for the examples table).
     """
-    from tunelab.sft.generate import generate
-
     conversations = [getattr(it, "messages", it) for it in items]
     prompts, refs = zip(*(split_prompt(m) for m in conversations)) if conversations else ((), ())
-    preds = generate(model, tokenizer, template, list(prompts), max_new_tokens=generation["max_new_tokens"],
-                     do_sample=generation["do_sample"], temperature=generation["temperature"],
-                     top_p=generation["top_p"], seed=generation.get("seed"), batch_size=batch_size)
+    settings = dict(max_new_tokens=generation["max_new_tokens"], do_sample=generation["do_sample"], temperature=generation["temperature"],
+                    top_p=generation["top_p"], seed=generation.get("seed"), batch_size=batch_size)
+    preds = _generate_sharded(model, tokenizer, template, list(prompts), settings)
     scores = score_predictions(preds, list(refs), refusal=refusal_strings(template))
     return {"scores": scores, "predictions": preds, "references": list(refs),
             "prompts": [p[-1]["content"] for p in prompts]}
+
+
+def _generate_sharded(model, tokenizer, template, prompts: list, settings: dict) -> list[str]:
+    """`generate` over all prompts; with several processes its batches (longest prompts first,
+    cut every batch_size) are dealt over them (`distributed.map_batches`), each batch generated
+    as one process would. Sampled answers (do_sample) then differ from one process's, since each
+    batch starts the sampling seed afresh."""
+    from tunelab.sft.generate import as_messages, generate
+    from tunelab.sft.tokenize import encode_prompt
+    from tunelab.train.distributed import map_batches, world_size
+
+    if world_size() == 1:
+        return generate(model, tokenizer, template, prompts, **settings)
+    lengths = [len(encode_prompt(as_messages(p, "auto"), template, tokenizer)) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    size = settings["batch_size"]
+    batches = [order[k:k + size] for k in range(0, len(order), size)]
+    out: list[str] = [""] * len(prompts)
+    for idx, answers in zip(batches, map_batches(lambda idx: generate(model, tokenizer, template, [prompts[i] for i in idx], **settings), batches)):
+        for i, answer in zip(idx, answers):
+            out[i] = answer
+    return out
 
 
 def examples_markdown(result: dict, n: int = 5, title: str = "Test examples") -> str:

@@ -211,8 +211,7 @@ def packed_attention(config, device_type: str) -> list[str]:
     from tunelab.model import varlen
 
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    dropout = max(float(getattr(text, name, 0.0) or 0.0) for name in ("attention_dropout", "attn_pdrop", "attention_probs_dropout_prob"))
-    if device_type != "cuda" or dropout > 0.0:
+    if device_type != "cuda" or varlen.attention_dropout(config) > 0.0:
         return ["sdpa"]
     kernels = ["flex_attention", "sdpa"]
     if varlen.kernel_available(device_type) and getattr(text, "attn_logit_softcapping", None) is None:

@@ -36,6 +36,7 @@ from tunelab.config import RunConfig
 from tunelab.data.io_atomic import write_text_atomic
 from tunelab.errors import TunelabError
 from tunelab.estimate import log_estimate
+from tunelab.train import distributed as dist
 from tunelab.train.runtime import group_by_length, run_facts, start_run
 
 
@@ -184,11 +185,11 @@ def score_test(cfg: RunConfig, model, tokenizer, template, items, examples, run_
     started = time.perf_counter()
     gen = generate_and_score(model, tokenizer, template, items, generation, cfg.eval.batch_size)
     test.update(gen["scores"], generation_seconds=round(time.perf_counter() - started, 2))
-    write_text_atomic(run_dir / "test_metrics.json", json.dumps(test, indent=1, ensure_ascii=False))
-    write_text_atomic(run_dir / "test_predictions.jsonl", "".join(
+    dist.on_main(write_text_atomic, run_dir / "test_metrics.json", json.dumps(test, indent=1, ensure_ascii=False))
+    dist.on_main(write_text_atomic, run_dir / "test_predictions.jsonl", "".join(
         json.dumps({"source": it.where, "prompt": p, "reference": r, "generated": g}, ensure_ascii=False) + "\n"
         for it, p, r, g in zip(items, gen["prompts"], gen["references"], gen["predictions"])))
-    write_text_atomic(run_dir / "examples.md", examples_markdown({**gen, "scores": test}, n=sft.examples,
+    dist.on_main(write_text_atomic, run_dir / "examples.md", examples_markdown({**gen, "scores": test}, n=sft.examples,
                                                                    title=f"Test examples ({cfg.model.name}, {sft.template})"))
     return test
 
@@ -208,15 +209,16 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
     run_dir, accelerator, precision, started = start_run(cfg, resume, force)
     device = accelerator.device
     sft, max_length = cfg.sft, cfg.data.max_length
+    log = dist.main_only(log)  # with several processes, rank 0 speaks and writes (train/distributed.py)
 
-    folder = resolve_model(cfg.model.name)  # cheap: a missing model fails before the data is read
+    folder = dist.on_main(resolve_model, cfg.model.name)  # cheap: a missing model fails before the data is read
     splits = load_sft_splits(cfg.data, sft)
     tokenizer = load_tokenizer(folder)
     template = build_sft_template(sft, tokenizer)
-    save_template(template, run_dir / TEMPLATE_FILE)
+    dist.on_main(save_template, template, run_dir / TEMPLATE_FILE)
 
     encoded, report = encode_splits(cfg, splits, template, tokenizer)
-    write_text_atomic(run_dir / "data_report.json", json.dumps(report, indent=1, ensure_ascii=False))
+    dist.on_main(write_text_atomic, run_dir / "data_report.json", json.dumps(report, indent=1, ensure_ascii=False))
 
     model, info = build_sft_model(cfg.model, folder, cfg.train.seed)
     log(f"data: {len(encoded['train'])} train / {len(encoded['validation'])} validation / {len(encoded['test'])} test rows, "
@@ -252,7 +254,7 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
                       lengths=train_lengths)
     result = fit(model, encoded["train"], batch_of, SftObjective(), validate if encoded["validation"] else None, cfg.train,
                  plan, run_dir, accelerator, resume=resume, lengths=train_lengths if group else None, log=log)
-    model = accelerator.unwrap_model(model)
+    model = result.model  # plain and whole on every process, the best weights
     model.eval()
     if compiled:
         uncompile_blocks(model)
@@ -261,11 +263,11 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
 
     generation = sft.generation.model_dump()
     if info["policy"] == "lora":
-        save_adapter(model, tokenizer, template, run_dir / "adapter")
+        dist.on_main(save_adapter, model, tokenizer, template, run_dir / "adapter")
     model = merge_lora(model)  # the exported weights are what gets evaluated
     meta = {"base_model": cfg.model.name, "base_folder": str(folder), "max_length": max_length,
             "trainable": info, "format": sft.format, "train_on_prompt": sft.train_on_prompt}
-    save_merged(model, tokenizer, template, run_dir / "model", meta=meta, generation=generation)
+    dist.on_main(save_merged, model, tokenizer, template, run_dir / "model", meta=meta, generation=generation)
 
     train_loss = token_loss(model, encoded["train"], pad_id, cfg.eval.batch_size, device)
     test = score_test(cfg, model, tokenizer, template, splits.test, encoded["test"], run_dir, log) if encoded["test"] else None
@@ -283,7 +285,7 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
         "validation": {k: result.best[k] for k in ("loss", "perplexity")} if result.best else None,
         "test": test,
     }
-    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False))
+    dist.on_main(write_text_atomic, run_dir / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False))
     if test is not None:
         log("\n" + format_scores(test))
     log(f"\nrun folder: {run_dir}  (model/ loads with transformers AutoModelForCausalLM"

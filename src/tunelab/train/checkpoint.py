@@ -14,7 +14,8 @@ refused with advice, never loaded.
             optimizer.safetensors  the optimizer's tensors, flattened: "state.<param index>.<key>"
                                    (state.3.exp_avg, state.3.step, ...), and any tensor found in the
                                    param groups ("param_groups.0.lr") or the scheduler ("scheduler.x")
-            rng.safetensors        torch's CPU generator state ("torch", uint8) and each GPU's ("cuda.<i>")
+            rng.safetensors        torch's CPU generator state ("torch", uint8) and each GPU's ("cuda.<i>");
+                                   with several processes also rank r's own ("rank<r>.torch", "rank<r>.cuda")
             resume.json            {"format": FORMAT, "optimizer": its state_dict without the tensors
                                    (param_groups, non-tensor per-parameter values), "scheduler": its
                                    state_dict, "rng": {"python": ..., "numpy": ...}}
@@ -32,6 +33,13 @@ after that, and older step folders are renamed away before they are deleted. A k
 moment leaves the previous checkpoint whole and no partial `step-*` folder; the temporary folders
 it leaves are removed at the next start (`remove_stale_temporaries`, from `prepare_run_dir` and
 `latest_checkpoint`). `latest_checkpoint` only returns a folder that holds every file above.
+
+Several processes (`tunelab.train.distributed`): every process calls `save_checkpoint` and
+`save_best` (a sharded FSDP parameter or optimizer state is gathered whole, a collective step),
+and rank 0 alone writes. What is written is the whole state, as one process would write it, so a
+checkpoint resumes on any number of processes and under either `train.distributed` mode; on
+load each process takes its own shard (`distributed.shard_like`) and its own generator state
+(that of rank 0 when the checkpoint has none for it, as after a run on fewer processes).
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from safetensors.torch import load_file, save_file
 
 from tunelab.data.io_atomic import remove_dir, remove_stale_temporaries, staged_dir, write_text_atomic
 from tunelab.errors import TunelabError
+from tunelab.train import distributed as dist
 
 FORMAT = 2  # resume.json's "format"; format 1 was optim.pt (pickle)
 FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "resume.json", "state.json")
@@ -55,8 +64,9 @@ _STEP_DIR = re.compile(r"^step-(\d{7,})$")
 _TENSOR, _TUPLE, _INT_KEYS = "$tensor", "$tuple", "$int_keys"
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors that training changes (frozen weights come back from the base model)."""
-    return {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    """The tensors that training changes (frozen weights come back from the base model), whole
+    (sharded ones gathered: every process calls this)."""
+    return {name: dist.full_tensor(p.detach()).to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def load_trainable_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -67,7 +77,7 @@ def load_trainable_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor
         raise TunelabError(f"checkpoint does not match the model (missing {missing[:3]}, unexpected {unknown[:3]}); was the config changed since it was written?")
     with torch.no_grad():
         for name, t in tensors.items():
-            params[name].copy_(t.to(params[name].device, params[name].dtype))
+            params[name].copy_(dist.shard_like(t.to(params[name].device, params[name].dtype), params[name]))
 
 
 def rng_state() -> dict:
@@ -85,6 +95,8 @@ def set_rng_state(state: dict) -> None:
         states = list(state["cuda"])[: torch.cuda.device_count()]
         for i, s in enumerate(states):
             torch.cuda.set_rng_state(s, i)
+    if "cuda_own" in state and torch.cuda.is_available():  # this process's GPU, written by its own rank
+        torch.cuda.set_rng_state(state["cuda_own"])
 
 
 # --- the no-pickle encoding -------------------------------------------------------------------
@@ -103,7 +115,7 @@ def _encode(value, key: str, tensors: dict[str, torch.Tensor]):
     if isinstance(value, torch.Tensor):
         if key in tensors:
             raise TypeError(f"two checkpoint values share the name {key!r}")
-        tensors[key] = value.detach().to("cpu").contiguous()
+        tensors[key] = dist.full_tensor(value.detach()).to("cpu").contiguous()
         return {_TENSOR: key}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
@@ -153,6 +165,14 @@ def _rng_encode() -> tuple[dict, dict[str, torch.Tensor]]:
     tensors = {"torch": state["torch"].contiguous()}
     for i, s in enumerate(state.get("cuda", [])):
         tensors[f"cuda.{i}"] = s.to("cpu").contiguous()
+    if dist.world_size() > 1:  # each process's own streams (dropout masks differ between processes)
+        own = {"torch": state["torch"]}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            own["cuda"] = torch.cuda.get_rng_state()
+        for key, t in own.items():
+            for r, part in enumerate(dist.gather_tensor(t)):
+                if r:
+                    tensors[f"rank{r}.{key}"] = part.to("cpu").contiguous()
     return as_json, tensors
 
 
@@ -169,7 +189,12 @@ def _rng_decode(as_json, tensors: dict[str, torch.Tensor]) -> dict:
     cuda = sorted((int(k.split(".", 1)[1]), t) for k, t in tensors.items() if re.fullmatch(r"cuda\.\d+", k))
     if cuda:
         state["cuda"] = [t for _, t in cuda]
-    if any(t.dtype != torch.uint8 for t in [state["torch"], *state.get("cuda", [])]):
+    rank = dist.rank()
+    if f"rank{rank}.torch" in tensors:
+        state["torch"] = tensors[f"rank{rank}.torch"]
+    if f"rank{rank}.cuda" in tensors:
+        state["cuda_own"] = tensors[f"rank{rank}.cuda"]
+    if any(t.dtype != torch.uint8 for t in [state["torch"], *state.get("cuda", []), *([state["cuda_own"]] if "cuda_own" in state else [])]):
         raise _Damaged("an RNG state tensor is not uint8")
     return state
 
@@ -225,16 +250,21 @@ def _is_complete(folder: Path) -> bool:
 
 
 def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, counters: dict, keep: int = 1) -> Path:
-    """Write a resumable checkpoint for `step` and point `latest` at it; prune older ones."""
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:07d}"
+    """Write a resumable checkpoint for `step` and point `latest` at it; prune older ones.
+    With several processes every one calls this and rank 0 writes (see the module docstring)."""
     tensors: dict[str, torch.Tensor] = {}
     optimizer_json = _encode(optimizer.state_dict(), "", tensors)
     scheduler_json = _encode(scheduler.state_dict(), "scheduler", tensors)
     rng_json, rng_tensors = _rng_encode()
     resume = {"format": FORMAT, "optimizer": optimizer_json, "scheduler": scheduler_json, "rng": rng_json}
+    weights = trainable_state(model)
+    return dist.on_main(_write_checkpoint, root, f"step-{step:07d}", weights, tensors, rng_tensors, resume, counters, keep)
+
+
+def _write_checkpoint(root: Path, name: str, weights, tensors, rng_tensors, resume: dict, counters: dict, keep: int) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
     with staged_dir(root / name, durable=True) as tmp:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        save_file(weights, str(tmp / "trainable.safetensors"))
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
         (tmp / "resume.json").write_text(json.dumps(resume, indent=1), encoding="utf-8")
@@ -313,7 +343,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
         raise TunelabError(f"{where}: damaged checkpoint file ({err}); {_advice(path)}") from None
     load_trainable_state(model, weights)
     try:
-        optimizer.load_state_dict(optimizer_state)
+        optimizer.load_state_dict(_sharded_like(optimizer_state, optimizer))
         scheduler.load_state_dict(scheduler_state)
     except (ValueError, KeyError, TypeError, RuntimeError) as err:
         raise TunelabError(f"{path}: the optimizer or scheduler state does not fit this run ({err}); was the config changed since it was written?") from None
@@ -324,9 +354,27 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     return counters
 
 
+def _sharded_like(optimizer_state: dict, optimizer) -> dict:
+    """The whole optimizer state read from a checkpoint, each per-parameter tensor laid out as its
+    parameter (this process's shard under FSDP; unchanged otherwise)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, values in optimizer_state["state"].items():
+        if isinstance(index, int) and 0 <= index < len(params):
+            p = params[index]
+            for key, v in values.items():
+                if torch.is_tensor(v) and v.shape == p.shape:
+                    values[key] = dist.shard_like(v, p)
+    return optimizer_state
+
+
 def save_best(root: Path, model, info: dict) -> None:
+    """The best weights so far (every process calls this; rank 0 writes)."""
+    dist.on_main(_write_best, root, trainable_state(model), info)
+
+
+def _write_best(root: Path, weights, info: dict) -> None:
     with staged_dir(root / "best", durable=True) as tmp:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        save_file(weights, str(tmp / "trainable.safetensors"))
         (tmp / "info.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
 
 

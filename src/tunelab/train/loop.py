@@ -34,6 +34,7 @@ import torch
 
 from tunelab.errors import TunelabError
 from tunelab.train import checkpoint as ckpt
+from tunelab.train import distributed as dist
 from tunelab.train.optim import make_optimizer, make_scheduler, warmup_steps
 
 # A step whose loss or gradients are nan/inf is skipped (as a loss scaler would); this many in a
@@ -148,6 +149,7 @@ class LoopResult:
     plan: LoopPlan
     history: list[dict] = field(default_factory=list)
     step_seconds: float = 0.0  # the training steps alone: validation and checkpoint writes left out
+    model: torch.nn.Module | None = field(default=None, repr=False)  # trained, best weights, plain and whole on every process
 
 
 def _better(metric: str, new: float, old: float | None) -> bool:
@@ -180,22 +182,27 @@ def fit(
         f"micro-batch {plan.micro_batch} x accumulation {plan.accum} = {plan.step_size} per step"
     log(f"plan: {plan.n_examples} examples, {cut}, {plan.steps_per_epoch} steps/epoch, {plan.total_steps} steps, warmup {plan.warmup}")
     model = model.to(accelerator.device)  # before the optimizer, so that it can be the fused one on CUDA
+    precision = {"no": "fp32"}.get(str(accelerator.mixed_precision), str(accelerator.mixed_precision))
+    sharding = dist.Sharding(train_cfg.distributed, accelerator, precision, log)
+    model = sharding.shard(model)  # FSDP: the optimizer must see the sharded parameters
     optimizer = make_optimizer(model, train_cfg.lr, train_cfg.weight_decay)
     scheduler = make_scheduler(optimizer, plan.total_steps, plan.warmup, train_cfg.schedule)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = sharding.prepare(model, optimizer)
+    plain = sharding.module(model)  # what checkpoints and evaluation see
 
     ckpt_root = run_dir / "checkpoints"
     metrics_path = run_dir / "metrics.jsonl"
+    write_row = dist.main_only(_append_metrics)
     counters = {"step": 0, "best_value": None, "best_step": None, "bad_evals": 0, "train_seconds": 0.0, "step_seconds": 0.0, "stopped_early": False}
-    if resume and (last := ckpt.latest_checkpoint(ckpt_root)) is not None:
-        counters = ckpt.load_checkpoint(last, accelerator.unwrap_model(model), optimizer, scheduler)
+    if resume and (last := dist.on_main(ckpt.latest_checkpoint, ckpt_root)) is not None:
+        counters = ckpt.load_checkpoint(last, plain, optimizer, scheduler)
         log(f"resumed from {last.name} (step {counters['step']} of {plan.total_steps})")
-    _truncate_metrics(metrics_path, counters["step"])
+    dist.on_main(_truncate_metrics, metrics_path, counters["step"])
 
     metric = train_cfg.early_stopping.metric
     eval_every = plan.steps_per_epoch if train_cfg.eval_every == "epoch" else int(train_cfg.eval_every)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    bar = progress_bar(total=plan.total_steps, initial=counters["step"], desc="train", unit="step", disable=not accelerator.is_main_process)
+    bar = progress_bar(total=plan.total_steps, initial=counters["step"], desc="train", unit="step", disable=not dist.is_main())
+    say = dist.main_only(bar.write)  # a disabled bar still writes its messages
     started = time.perf_counter() - counters["train_seconds"]
     running = []
     nonfinite_run = 0  # consecutive steps whose loss or gradients were nan/inf
@@ -207,29 +214,12 @@ def fit(
         epoch, within = divmod(step, plan.steps_per_epoch)
         if cached_epoch[0] != epoch:
             cached_epoch[:] = [epoch, epoch_order(epoch, plan, train_cfg.seed, lengths)]
-        indices = cached_epoch[1][within][rank::world]
-        micro = [collate([dataset[i] for i in part]) for part in micro_batches(indices, plan)]
-        # Targets of the whole step, over all processes: each micro-loss is divided by this. The
-        # counts come from the CPU batches; with several processes the sum stays on the device.
-        local_targets = float(sum(objective.count(b) for b in micro))
-        if world > 1:
-            total_targets = accelerator.reduce(torch.full((), local_targets, device=accelerator.device), "sum").clamp_min(1e-9)
-        else:
-            total_targets = max(local_targets, 1e-9)
-        step_loss = torch.zeros((), device=accelerator.device)
-        for k, batch in enumerate(micro):
-            batch = _to_device(batch, accelerator.device)
-            sync = k == len(micro) - 1
-            with accelerator.no_sync(model) if not sync else _null():
-                loss_sum = objective(model, batch)
-                # DDP averages gradients over processes; multiply by world to get a global mean.
-                accelerator.backward(loss_sum * world / total_targets)
-            step_loss += loss_sum.detach().float().to(step_loss.device)
+        step_loss, total_targets = _forward_backward(model, cached_epoch[1][within], dataset, collate, objective, plan, sharding, accelerator)
         # The gradient norm (clipping at infinity leaves the gradients as they are) tells whether
         # this update is finite; a non-finite one is skipped so it cannot poison the weights. A
         # nan/inf loss gives such gradients too; the norm is taken after the all-reduce, so every
         # process makes the same choice. One read-back per step: norm, loss and targets together.
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm or math.inf)
+        grad_norm = dist.full_tensor(accelerator.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm or math.inf))
         readback = [torch.as_tensor(grad_norm).float().reshape(()).to(step_loss.device), step_loss]
         if torch.is_tensor(total_targets):
             readback.append(total_targets.float())
@@ -240,7 +230,7 @@ def fit(
             nonfinite_run = 0
         else:
             nonfinite_run += 1
-            bar.write(f"step {step + 1}: loss {step_loss:.4g}, gradient norm {grad_norm:.4g}: not finite, update skipped")
+            say(f"step {step + 1}: loss {step_loss:.4g}, gradient norm {grad_norm:.4g}: not finite, update skipped")
             if nonfinite_run >= MAX_NONFINITE_STEPS:
                 raise TunelabError(
                     f"training diverged: loss or gradients were not finite (nan/inf) for {nonfinite_run} steps in a row, "
@@ -257,35 +247,62 @@ def fit(
 
         done = counters["step"] >= plan.total_steps
         if counters["step"] % 10 == 0 or done:
-            _append_metrics(metrics_path, {"step": counters["step"], "epoch": round(counters["step"] / plan.steps_per_epoch, 3), "train_loss": sum(running) / len(running), "lr": lr})
+            write_row(metrics_path, {"step": counters["step"], "epoch": round(counters["step"] / plan.steps_per_epoch, 3), "train_loss": sum(running) / len(running), "lr": lr})
             running = []
         if evaluate is not None and (counters["step"] % eval_every == 0 or done):
             counters["train_seconds"] = time.perf_counter() - started
-            scores = evaluate(model)
+            scores = evaluate(plain)  # sharded over the processes inside; the same scores on each
             model.train()
-            _append_metrics(metrics_path, {"step": counters["step"], "split": "validation", **scores})
-            bar.write(f"step {counters['step']}: " + "  ".join(f"val_{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)))
+            write_row(metrics_path, {"step": counters["step"], "split": "validation", **scores})
+            say(f"step {counters['step']}: " + "  ".join(f"val_{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)))
             if _better(metric, scores[metric], counters["best_value"]):
                 counters.update(best_value=scores[metric], best_step=counters["step"], bad_evals=0)
-                if accelerator.is_main_process:
-                    ckpt.save_best(ckpt_root, accelerator.unwrap_model(model), {"step": counters["step"], "metric": metric, **scores})
+                ckpt.save_best(ckpt_root, plain, {"step": counters["step"], "metric": metric, **scores})
             else:
                 counters["bad_evals"] += 1
                 patience = train_cfg.early_stopping.patience
                 if patience and counters["bad_evals"] >= patience:
                     counters["stopped_early"] = True
-                    bar.write(f"early stop: val_{metric} did not improve for {patience} evaluations")
+                    say(f"early stop: val_{metric} did not improve for {patience} evaluations")
         save_now = (train_cfg.save_every and counters["step"] % train_cfg.save_every == 0) or (evaluate is not None and counters["step"] % eval_every == 0) or done or counters["stopped_early"]
-        if save_now and accelerator.is_main_process:
+        if save_now:
             counters["train_seconds"] = time.perf_counter() - started
-            ckpt.save_checkpoint(ckpt_root, counters["step"], accelerator.unwrap_model(model), optimizer, scheduler, counters)
+            ckpt.save_checkpoint(ckpt_root, counters["step"], plain, optimizer, scheduler, counters)
     bar.close()
     counters["train_seconds"] = max(counters["train_seconds"], time.perf_counter() - started) if counters["step"] else 0.0
     best = None
     if evaluate is not None:
-        best = ckpt.load_best(ckpt_root, accelerator.unwrap_model(model))
-    return LoopResult(counters["step"], best, counters["stopped_early"], counters["train_seconds"], plan, _read_metrics(metrics_path),
-                      counters.get("step_seconds", counters["train_seconds"]))
+        best = ckpt.load_best(ckpt_root, plain)
+    return LoopResult(counters["step"], best, counters["stopped_early"], counters["train_seconds"], plan, dist.on_main(_read_metrics, metrics_path),
+                      counters.get("step_seconds", counters["train_seconds"]), sharding.full_model(model))
+
+
+def _forward_backward(model, step_indices: list[int], dataset: list, collate, objective: Objective, plan: LoopPlan, sharding, accelerator):
+    """Forward and backward passes of this process's micro-batches of one optimizer step (its
+    share from `distributed.split_step`; every process runs as many). Returns this step's loss
+    summed over all processes (a device tensor) and its targets over all processes (a float with
+    one process, a device tensor otherwise), by which every micro-loss is divided."""
+    world = dist.world_size()
+    parts = dist.split_step(step_indices, micro_batches(step_indices, plan), world, plan.lengths if plan.max_tokens else None)[dist.rank()]
+    # A stand-in micro-batch ([]: this process has no examples left for it) runs the step's first
+    # example with its loss times 0, so that the collective forward and backward passes pair up.
+    micro = [collate([dataset[i] for i in (part or step_indices[:1])]) for part in parts]
+    local_targets = float(sum(objective.count(b) for b, part in zip(micro, parts) if part))
+    if world > 1:
+        total_targets = dist.all_sum(torch.full((), local_targets, device=accelerator.device)).clamp_min(1e-9)
+    else:
+        total_targets = max(local_targets, 1e-9)
+    step_loss = torch.zeros((), device=accelerator.device)
+    for k, (batch, part) in enumerate(zip(micro, parts)):
+        batch = _to_device(batch, accelerator.device)
+        with sharding.grad_sync(model, k == len(micro) - 1):
+            loss_sum = objective(model, batch)
+            if not part:
+                loss_sum = loss_sum * 0.0
+            # DDP and FSDP average gradients over processes; times world gives the global mean.
+            accelerator.backward(loss_sum * world / total_targets)
+        step_loss += loss_sum.detach().float().to(step_loss.device)
+    return (dist.all_sum(step_loss) if world > 1 else step_loss), total_targets
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -328,14 +345,6 @@ def uncompile_blocks(model: torch.nn.Module) -> None:
 
     for block in transformer_blocks(model):
         block._compiled_call_impl = None  # what nn.Module.compile sets
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _append_metrics(path: Path, row: dict) -> None:

@@ -20,6 +20,7 @@ import torch
 from tunelab.config import RunConfig, to_yaml
 from tunelab.data.io_atomic import write_text_atomic
 from tunelab.errors import TunelabError
+from tunelab.train import distributed as dist
 
 
 def make_accelerator(train_cfg):
@@ -131,6 +132,7 @@ def run_facts(cfg, result, n_train_tokens: int, started: float, device, precisio
         "precision": precision,
         "host": platform.node(),
         "torch_threads": torch.get_num_threads(),
+        "processes": dist.world_size(),
         "pid": os.getpid(),
     }
 
@@ -156,13 +158,17 @@ def sample_rows(items: list, limit: int | None, seed: int) -> list:
 
 
 def start_run(cfg, resume: bool, force: bool):
-    """The first stage of every recipe: CPU threads, the run folder, the accelerator.
-    Returns (run_dir, accelerator, precision, started) with `started` a perf_counter time."""
+    """The first stage of every recipe: CPU threads, the accelerator (which joins the process
+    group when a launcher started several processes), the run folder (made by rank 0; the others
+    wait for it, and stop if it was refused). Returns (run_dir, accelerator, precision, started)
+    with `started` a perf_counter time."""
     started = time.perf_counter()
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    run_dir = prepare_run_dir(cfg, resume, force)
+    dist.check_launch()
     accelerator, precision = make_accelerator(cfg.train)
+    dist.check_devices(accelerator.device)
+    run_dir = dist.on_main(prepare_run_dir, cfg, resume, force)
     return run_dir, accelerator, precision, started
 
 
