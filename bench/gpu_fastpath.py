@@ -1,6 +1,6 @@
 """The GPU fast path against the stock Hugging Face path, side by side on identical rows, in one run.
 
-    python bench/gpu_fastpath.py --out OUT [--cases a,b,c,d,e] [--tiny]
+    python bench/gpu_fastpath.py --out OUT [--cases a,b,c,d,e] [--tiny] [--compile] [--liger] [--budgets 2048,4096]
 
 Cases (issue 15), random-init models of real shapes, bf16:
   (a) full SFT, Qwen2-0.5B shape, batch 8, prompt+answer 64-1024 tokens
@@ -13,7 +13,8 @@ to the longest in the batch; (2) `tunelab train` in process with its defaults (p
 fused AdamW, chunked LM-head loss); (3) the same with data.packing on (padding-free rows; on CUDA
 varlen attention, `tunelab.model.varlen`); (4) with --compile, packed SFT also with train.compile
 on; (5) with --liger, packed again after Liger-Kernel's Triton RMSNorm, RoPE and SwiGLU replaced the
-model's own (an experiment: is the step launch-bound enough that fused kernels pay?). A variant
+model's own (an experiment: is the step launch-bound enough that fused kernels pay?); (6) with
+--budgets, padded and packed with train.max_tokens_per_micro_batch at each value. A variant
 that fails prints its error and the run goes on. Reported: real (non-pad) tokens/s over the training steps, first to last (CUDA-synchronised;
 set-up, validation and checkpoint writes left out of both paths, compile time included), MFU,
 peak GPU memory, the mean training loss of the last 10 steps.
@@ -209,7 +210,7 @@ def run_stock(task: str, folder: Path, rows: list[dict], trainable: str, steps: 
 
 
 def run_tunelab(task: str, folder: Path, data: Path, trainable: str, steps: int, batch: int, out: Path, max_length: int, n: int,
-                packing: str, compile: str) -> dict:
+                packing: str, compile: str, budget: int | None = None) -> dict:
     from tunelab.config import validate_dict
     from tunelab.tasks import recipe
 
@@ -220,7 +221,7 @@ def run_tunelab(task: str, folder: Path, data: Path, trainable: str, steps: int,
                  "packing": packing},
         "model": {"name": str(folder), "trainable": trainable},
         "train": {"max_steps": steps, "batch_size": batch, "lr": 5e-5 if trainable != "lora" else 5e-4, "eval_every": 10**6, "seed": 123,
-                  "warmup": 0.1, "compile": compile},
+                  "warmup": 0.1, "compile": compile, "max_tokens_per_micro_batch": budget},
         "eval": {"train_rows": 64},
     }
     if task == "sft":
@@ -256,6 +257,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="tiny shapes, few steps: check the script on a CPU")
     ap.add_argument("--compile", action="store_true", help="SFT cases: also run with train.compile on")
     ap.add_argument("--liger", action="store_true", help="also run packed with Liger-Kernel's fused norm/rope/swiglu (if installed)")
+    ap.add_argument("--budgets", default="", help="comma-separated train.max_tokens_per_micro_batch values: padded and packed runs with each")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -278,16 +280,18 @@ def main() -> None:
         r = {}
         if torch.cuda.is_available():
             r["stock"] = run_stock(task, folder, rows, trainable, steps, batch, work / f"hf-{case}", max_length)
-        variants = {"tunelab": ("auto", "auto"), "tunelab_packed": ("on", "off")}
+        variants = {"tunelab": ("auto", "auto", None), "tunelab_packed": ("on", "off", None)}
+        for b in filter(None, args.budgets.split(",")):
+            variants[f"tunelab_b{b}"], variants[f"tunelab_packed_b{b}"] = ("off", "off", int(b)), ("on", "off", int(b))
         if task == "sft" and compile_variant:  # train.compile: on (auto is off); classification does not compile
-            variants["tunelab_compile"] = ("on", "on")
+            variants["tunelab_compile"] = ("on", "on", None)
         if args.liger:
-            variants["tunelab_packed_liger"] = ("on", "off")
-        for name, (packing, compile) in variants.items():
+            variants["tunelab_packed_liger"] = ("on", "off", None)
+        for name, (packing, compile, budget) in variants.items():
             try:
                 if name.endswith("_liger"):
                     liger(SHAPES[shape][0])
-                r[name] = run_tunelab(task, folder, data, trainable, steps, batch, work / f"run-{case}-{name}", max_length, n, packing, compile)
+                r[name] = run_tunelab(task, folder, data, trainable, steps, batch, work / f"run-{case}-{name}", max_length, n, packing, compile, budget)
             except Exception as err:  # one failed variant must not cost the others' device time
                 print(f"({case}) {name} failed: {type(err).__name__}: {err}", flush=True)
         results[case] = {"task": task, "shape": shape, "trainable": trainable, "batch": batch, "lengths": [lo, hi], "steps": steps, **r}

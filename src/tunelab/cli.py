@@ -39,6 +39,7 @@ COMMANDS = {
     "sweep": "sweep",
     "cv": "cv",
     "serve": "serve",
+    "judge": "judge",
 }
 
 

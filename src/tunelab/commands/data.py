@@ -112,6 +112,7 @@ def _configure_synth_review(sub) -> None:
     r.add_argument("file", metavar="FILE.jsonl")
     r.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: any free port)")
     r.add_argument("--export", metavar="OUT", help="write the accepted (and edited) rows to OUT and exit")
+    r.add_argument("--grade", metavar="LOW-HIGH", help="grading mode: score answers on a rubric's scale (e.g. 1-5), for `tunelab judge --human`")
 
     e = sub.add_parser("review-export", help="write the accepted (and edited) rows of a review as JSONL",
                        description="Accepted rows, with their edits, in file order, ready for training.")  # fmt: skip
@@ -129,7 +130,7 @@ def _synth(args) -> int:
 def _review(args) -> int:
     from tunelab.review.server import export_command, serve_command
 
-    return export_command(args.file, args.export) if args.export else serve_command(args.file, args.port)
+    return export_command(args.file, args.export) if args.export else serve_command(args.file, args.port, args.grade)
 
 
 def _review_export(args) -> int:

@@ -4,6 +4,12 @@ Classifiers: accuracy, macro-F1, per class, confusion matrix. SFT runs (dispatch
 tunelab.json): answer loss and perplexity, then generated answers scored (exact match, token F1,
 ROUGE-L, chrF; refusal precision/recall for document QA). The workflows are
 `tunelab.classify.evaluate.evaluate_file` and `tunelab.sft.evaluate.evaluate_file`.
+
+    tunelab eval runs/docqa --data test.jsonl --predictions preds.jsonl --judge-rubric docqa
+
+With --judge-rubric an SFT run's generated answers are also graded by an LLM judge
+(`tunelab.judge.workflow.judge_files`, as `tunelab judge PREDICTIONS` would; its folder is
+PREDICTIONS.judge-RUBRIC/) and the judge's mean score joins the scores.
 """
 
 HELP = "evaluate a trained run on a labelled data file (classification: accuracy, macro-F1...; sft: loss, ROUGE-L, chrF, refusals)"
@@ -19,6 +25,10 @@ def configure(p):
     p.add_argument("--max-rows", type=int, default=None, help="sft: generate answers for at most this many rows")
     p.add_argument("--max-new-tokens", type=int, default=None, help="sft: most new tokens per answer (default: the run's)")
     p.add_argument("--predictions", default=None, help="sft: write prompt/reference/generated rows as JSONL here")
+    p.add_argument("--judge-rubric", default=None, help="sft: also grade the answers with an LLM judge on this rubric (docqa, instruct or YAML; needs --predictions)")
+    p.add_argument("--judge", default=None, help="sft, with --judge-rubric: the judge model, as in `tunelab judge --judge`")
+    p.add_argument("--judge-endpoint", default=None, help="sft, with --judge-rubric: an OpenAI-compatible base URL for the judge")
+    p.add_argument("--allow-remote", action="store_true", help="allow a judge endpoint that is not on this machine")
 
 
 def run(args) -> int:
@@ -36,6 +46,14 @@ def run(args) -> int:
     for flag, out in (("--output", args.output), ("--predictions", args.predictions)):
         if out:
             check_output(out, inputs=[args.data], flag=flag)
+    if args.judge_rubric:
+        from tunelab.judge.judges import build_judge
+        from tunelab.judge.rubrics import load_rubric
+
+        if not args.predictions or not is_sft_run(args.run):
+            raise TunelabError("--judge-rubric grades the answers of an SFT run: it needs --predictions FILE (the judge reads it)")
+        load_rubric(args.judge_rubric)  # bad rubric, remote endpoint without --allow-remote: stop before generating
+        build_judge(args.judge, endpoint=args.judge_endpoint, allow_remote=args.allow_remote)
 
     if is_sft_run(args.run):
         from tunelab.sft.evaluate import evaluate_file, format_scores
@@ -46,6 +64,14 @@ def run(args) -> int:
         print(format_scores(scores))
         if args.predictions:
             write_jsonl_atomic(args.predictions, result["predictions"])
+        if args.judge_rubric:
+            from tunelab.judge.workflow import judge_files
+
+            folder, judged = judge_files(args.predictions, rubric=args.judge_rubric, judge=args.judge, endpoint=args.judge_endpoint,
+                                         allow_remote=args.allow_remote)  # fmt: skip
+            scores["judge"] = {k: judged[k] for k in ("judge", "rubric", "rubric_version", "scale", "mean_score", "scored", "unparseable")}
+            print(f"judge ({judged['judge']}, rubric {judged['rubric']}): mean {judged['mean_score']} over {judged['scored']} answers, "
+                  f"{judged['unparseable']} unparseable; report in {folder}/")  # fmt: skip
     else:
         from tunelab.classify.evaluate import evaluate_file, format_report
 

@@ -13,8 +13,12 @@ cross-site form cannot send that).
     GET  /                         the page (page.html)
     GET  /api/state?status=&source=  counts, sources and the filtered list of items
     GET  /api/items/ID             one item: the row, its edits, status and version
-    POST /api/items/ID             {"version": V, "status"?: ..., "edits"?: {...}}: 200 with the new
-                                   state, 409 with the current state if V is stale
+    POST /api/items/ID             {"version": V, "status"?: ..., "edits"?: {...}, "grade"?: N}: 200 with
+                                   the new state, 409 with the current state if V is stale
+
+Grading mode (`tunelab data review FILE --grade 1-5`): the page also shows score buttons (keys
+1-9) and the state carries `grade_scale` and the number graded; the grades are what
+`tunelab judge FILE --human FILE.review.sqlite` compares an LLM judge with.
 """
 
 from __future__ import annotations
@@ -150,6 +154,7 @@ def _handler(server: ReviewServer):
                 self._json(HTTPStatus.OK, {
                     "file": str(store.data_path), "database": str(store.db_path), "counts": store.counts(),
                     "sources": store.sources(), "orphans": store.orphans(),
+                    "grade_scale": list(store.grade_scale) if store.grade_scale else None, "graded": len(store.grades()),
                     "items": [it.summary() for it in store.items(status=status, source=source)]})  # fmt: skip
             elif path.startswith("/api/items/") and self._item_id(path):
                 try:
@@ -179,7 +184,7 @@ def _handler(server: ReviewServer):
                 version = body["version"]
                 if not isinstance(version, int) or not isinstance(body.get("edits") or {}, dict):
                     raise ValueError("version must be an integer and edits an object")
-                item = server.store.save(item_id, version, status=body.get("status"), edits=body.get("edits"))
+                item = server.store.save(item_id, version, status=body.get("status"), edits=body.get("edits"), grade=body.get("grade"))
             except Conflict as c:
                 return self._json(HTTPStatus.CONFLICT, {"error": "changed in another tab — reload",
                                                         "item": c.current.to_json()})  # fmt: skip
@@ -193,11 +198,25 @@ def _handler(server: ReviewServer):
     return Handler
 
 
-def serve_command(file: str, port: int = 0) -> int:
+def grade_scale(text: str | None) -> tuple[int, int] | None:
+    """`--grade 1-5` -> (1, 5).
+
+    >>> grade_scale("1-5"), grade_scale("0-3"), grade_scale(None)
+    ((1, 5), (0, 3), None)
+    """
+    if text is None:
+        return None
+    lo, sep, hi = text.partition("-")
+    if not (sep and lo.strip().isdigit() and hi.strip().isdigit() and int(lo) < int(hi) <= 9):
+        raise TunelabError(f"--grade {text}: expected LOW-HIGH with 0 <= LOW < HIGH <= 9, e.g. --grade 1-5 (the rubric's scale)")
+    return int(lo), int(hi)
+
+
+def serve_command(file: str, port: int = 0, grade: str | None = None) -> int:
     """The CLI: open the store, print the URL, serve until Ctrl-C."""
     if not 0 <= port <= 65535:
         raise TunelabError(f"--port {port}: expected 0 (any free port) or 1-65535")
-    store = ReviewStore(file)
+    store = ReviewStore(file, grade_scale=grade_scale(grade))
     server = ReviewServer(store, port=port)
     c = store.counts()
     print(f"tunelab data review {file}: {c['total']} rows ({c['pending']} pending, {c['accepted']} accepted, "
@@ -205,6 +224,9 @@ def serve_command(file: str, port: int = 0) -> int:
     if store.orphans():
         print(f"note: {store.orphans()} decisions in {store.db_path} belong to rows no longer in {file} (kept)")
     print(f"decisions are saved in {store.db_path}; {file} is never modified")
+    if store.grade_scale:
+        print(f"grading mode: score each answer {store.grade_scale[0]}-{store.grade_scale[1]} (keys); "
+              f"then: tunelab judge {file} --human {store.db_path}")
     print(f"open {server.url}")
     print(f"stop with Ctrl-C; then: tunelab data review-export {file} --output accepted.jsonl", flush=True)
     try:
