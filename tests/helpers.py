@@ -216,3 +216,21 @@ def tiny_sentencepiece_tokenizer():
     fast.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
     fast.chat_template = GEMMA_CHAT
     return fast
+
+
+def kill_after_first_checkpoint(cmd: list[str], run_dir: Path, timeout: float = 300) -> None:
+    """Start `cmd` (a `tunelab train`), SIGKILL it as soon as its first checkpoint exists, and check
+    that it had not finished (the run must be slow enough for the kill to land mid-training)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = run_dir / "checkpoints" / "latest"
+    deadline = time.time() + timeout
+    while not latest.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "summary.json").exists(), "finished before the kill; the test needs a slower run"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from tests.helpers import base_config, read_json, write_config
+from tests.helpers import base_config, kill_after_first_checkpoint, read_json, write_config
 
 from tunelab.classify.run import train_classifier
 from tunelab.config import load_config
@@ -92,24 +92,14 @@ def test_export_parity_with_transformers(tmp_path, spam_csv, tiny_llama):
 
 def test_kill_9_then_resume_matches_uninterrupted(tmp_path, spam_csv, tiny_llama):
     """A real `tunelab train` process killed with SIGKILL right after a checkpoint, then resumed."""
-    import os
-    import signal
     import subprocess
     import sys
-    import time
 
     cfg_full, path_full = _run(tmp_path, spam_csv, tiny_llama, name="full", save_every=2, num_threads=1)
     full = train_classifier(cfg_full, log=lambda *_: None)
     _, path = _run(tmp_path, spam_csv, tiny_llama, name="killed", save_every=2, num_threads=1)
     cmd = [sys.executable, "-m", "tunelab.cli", "train", str(path)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = tmp_path / "killed" / "checkpoints" / "latest"
-    deadline = time.time() + 300
-    while not latest.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "killed" / "summary.json").exists(), "finished before the kill; the test needs a slower run"
+    kill_after_first_checkpoint(cmd, tmp_path / "killed")
     assert subprocess.run(cmd + ["--resume"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
     resumed = json.loads((tmp_path / "killed" / "summary.json").read_text())
     for split in ("train", "validation", "test"):

@@ -2,15 +2,12 @@
 is exact, a spilled cache on disk, and resume after kill -9 with the cache on."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from tests.helpers import base_config, make_model_dir, write_config
+from tests.helpers import base_config, kill_after_first_checkpoint, make_model_dir, write_config
 
 from tunelab.classify.run import train_classifier
 from tunelab.config import load_config
@@ -108,14 +105,7 @@ def test_kill_9_then_resume_with_the_cache_matches_uninterrupted(tmp_path, spam_
     assert full["frozen_cache"] is not None
     path = write_config(tmp_path / "killed.yaml", raw("killed"))
     cmd = [sys.executable, "-m", "tunelab.cli", "train", str(path)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = tmp_path / "killed" / "checkpoints" / "latest"
-    deadline = time.time() + 300
-    while not latest.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "killed" / "summary.json").exists(), "finished before the kill; the test needs a slower run"
+    kill_after_first_checkpoint(cmd, tmp_path / "killed")
     assert subprocess.run(cmd + ["--resume"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
     resumed = json.loads((tmp_path / "killed" / "summary.json").read_text())
     _same_scores(resumed, full)
