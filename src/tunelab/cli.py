@@ -122,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() else None
+    finished = False
     try:
-        return int(args._run(args) or 0)
+        status = int(args._run(args) or 0)
+        finished = True
+        return status
     except TunelabError as err:
         print(f"tunelab {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -141,6 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        _close_process_group(finished)
+
+
+def _close_process_group(finished: bool) -> None:
+    """A command started by torchrun / accelerate launch ends its process group here (only if
+    torch was imported at all: `tunelab --help` stays instant)."""
+    if "torch" in sys.modules and os.environ.get("WORLD_SIZE", "1") != "1":
+        from tunelab.train.distributed import close
+
+        close(finished)
 
 
 if __name__ == "__main__":

@@ -113,6 +113,19 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def close(finished: bool) -> None:
+    """End the process group before the interpreter does. A group left to interpreter exit can
+    abort a process ("terminate called without an active exception", SIGABRT) when another rank
+    has already gone and gloo's threads are torn down mid-connection. After a finished command
+    the ranks meet once more, so none leaves while another still uses the group; after a failure
+    they do not wait for each other."""
+    if not _group():
+        return
+    if finished and world_size() > 1:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
 def all_sum(values: torch.Tensor) -> torch.Tensor:
     """`values` summed over the processes (a copy; the input is left alone)."""
     values = values.clone()
