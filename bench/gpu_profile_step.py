@@ -114,11 +114,21 @@ def kernel_profile(fn, batches, opt) -> dict:
             opt.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
     n = len(batches)
-    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    averages = prof.key_averages()
+    events = [e for e in averages if e.device_type.name == "CUDA"]
     top = sorted(events, key=lambda e: -e.self_device_time_total)[:8]
+    host = sorted((e for e in averages if e.device_type.name == "CPU"), key=lambda e: -e.self_cpu_time_total)[:15]
+    waits = [e for e in averages if any(w in e.key for w in SYNCS)]
     return {"kernel_ms": round(sum(e.self_device_time_total for e in events) / 1e3 / n, 2),
             "kernels_per_step": sum(e.count for e in events) // n,
-            "top_kernels_ms": {e.key[:70]: round(e.self_device_time_total / 1e3 / n, 2) for e in top}}
+            "top_kernels_ms": {e.key[:70]: round(e.self_device_time_total / 1e3 / n, 2) for e in top},
+            # where the host's time goes (self time, per step), and what makes it wait for the GPU
+            "top_host_ops_ms": {e.key[:70]: [round(e.self_cpu_time_total / 1e3 / n, 2), e.count // n] for e in host},
+            "host_waits_per_step": {e.key[:70]: [round(e.self_cpu_time_total / 1e3 / n, 2), e.count // n] for e in waits}}
+
+
+# Host calls that block until the GPU has caught up: each one drains the launch queue.
+SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy ", "cudaMemcpyAsync", "aten::item", "aten::_local_scalar_dense", "aten::nonzero")
 
 
 if __name__ == "__main__":

@@ -86,13 +86,22 @@ def test_cli_train_predict_eval(tmp_path, model_root, spam_csv, capsys):
     inp = tmp_path / "in.txt"
     inp.write_text("win a free prize\nsee you tomorrow\n")
     out = tmp_path / "pred.jsonl"
-    assert main(["predict", str(tmp_path / "run"), "--input", str(inp), "--output", str(out)]) == 0
+    capsys.readouterr()
+    threads = torch.get_num_threads()
+    try:
+        assert main(["predict", str(tmp_path / "run"), "--input", str(inp), "--output", str(out), "--threads", "1"]) == 0
+        assert "predicted 2 rows in" in capsys.readouterr().err and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     rows = [json.loads(l) for l in out.read_text().splitlines()]
     assert [r["text"] for r in rows] == ["win a free prize", "see you tomorrow"]
     assert all(set(r["probs"]) == {"ham", "spam"} for r in rows)
     assert main(["eval", str(tmp_path / "run"), "--data", str(spam_csv), "--output", str(tmp_path / "scores.json")]) == 0
+    assert "scored 240 rows in" in capsys.readouterr().out  # with the speed: rows/s, device, threads
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert sum(map(sum, scores["confusion_matrix"])) == 240
+    assert main(["predict", str(tmp_path / "run"), "--input", str(inp), "--threads", "0"]) == 2
+    assert "--threads 0: expected at least 1" in capsys.readouterr().err
 
 
 def test_cli_bad_inputs_give_messages_not_tracebacks(tmp_path, model_root, capsys):

@@ -63,10 +63,12 @@ def format_report(scores: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate_file(run, data: str, text_column: str | None = None, label_column: str | None = None, batch_size: int = 32) -> tuple[dict, str, int]:
+def evaluate_file(run, data: str, text_column: str | None = None, label_column: str | None = None,
+                  batch_size: int = 32) -> tuple[dict, str, int, float, object]:
     """`tunelab eval` of a classifier: the run scored on a labelled file (or asset:NAME).
-    Returns (scores, the data's display name, rows scored); rows whose label the run does not
-    know stop with file:line."""
+    Returns (scores, the data's display name, rows scored, seconds spent tokenising and scoring,
+    the device); rows whose label the run does not know stop with file:line."""
+    import time
     from collections import Counter
 
     from tunelab.assets.resolve import read_data_spec
@@ -82,6 +84,7 @@ def evaluate_file(run, data: str, text_column: str | None = None, label_column: 
     if not examples:
         raise TunelabError(f"{name}: no rows to evaluate")
     index = {lab: i for i, lab in enumerate(clf.labels)}
+    started = time.perf_counter()
     enc = encode_texts(clf.tokenizer, [e.text for e in examples], [index[e.label] for e in examples], clf.max_length)
     scores = evaluate_items(clf.model, list(zip(enc.ids, enc.labels)), clf.collate, batch_size, clf.device, clf.labels)
-    return scores, name, len(examples)
+    return scores, name, len(examples), time.perf_counter() - started, clf.device

@@ -15,6 +15,9 @@ PREDICTIONS.judge-RUBRIC/) and the judge's mean score joins the scores.
 HELP = "evaluate a trained run on a labelled data file (classification: accuracy, macro-F1...; sft: loss, ROUGE-L, chrF, refusals)"
 
 
+from tunelab.commands.options import add_threads_option
+
+
 def configure(p):
     p.add_argument("run", help="run folder (or its model/ folder)")
     p.add_argument("--data", required=True, help="labelled CSV/TSV/JSONL/Parquet file, or asset:NAME")
@@ -22,6 +25,7 @@ def configure(p):
     p.add_argument("--label-column", default=None, help="label column (default: as in the run's config, else 'label')")
     p.add_argument("--output", default=None, help="write the scores as JSON here")
     p.add_argument("--batch-size", type=int, default=32)
+    add_threads_option(p)
     p.add_argument("--max-rows", type=int, default=None, help="sft: generate answers for at most this many rows")
     p.add_argument("--max-new-tokens", type=int, default=None, help="sft: most new tokens per answer (default: the run's)")
     p.add_argument("--predictions", default=None, help="sft: write prompt/reference/generated rows as JSONL here")
@@ -34,6 +38,7 @@ def configure(p):
 def run(args) -> int:
     import json
 
+    from tunelab.commands.options import apply_threads
     from tunelab.data.io_atomic import write_jsonl_atomic, write_text_atomic
     from tunelab.data.outputs import check_output
     from tunelab.errors import TunelabError
@@ -46,6 +51,7 @@ def run(args) -> int:
     for flag, out in (("--output", args.output), ("--predictions", args.predictions)):
         if out:
             check_output(out, inputs=[args.data], flag=flag)
+    threads = apply_threads(args)
     if args.judge_rubric:
         from tunelab.judge.judges import build_judge
         from tunelab.judge.rubrics import load_rubric
@@ -75,8 +81,10 @@ def run(args) -> int:
     else:
         from tunelab.classify.evaluate import evaluate_file, format_report
 
-        scores, name, n = evaluate_file(args.run, args.data, args.text_column, args.label_column, args.batch_size)
-        print(f"{name}: {n} rows")
+        from tunelab.commands.options import rate_line
+
+        scores, name, n, seconds, device = evaluate_file(args.run, args.data, args.text_column, args.label_column, args.batch_size)
+        print(f"{name}: {rate_line('scored', n, seconds, threads, device)}")
         print(format_report(scores))
     if args.output:
         write_text_atomic(args.output, json.dumps(scores, indent=1, ensure_ascii=False))
