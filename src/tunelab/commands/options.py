@@ -63,8 +63,10 @@ def apply_threads(args) -> int:
 def rate_line(verb: str, rows: int, seconds: float, threads: int, device) -> str:
     """'scored 1,115 rows in 4.2 s (265 rows/s; cpu, 2 threads)': how fast a command went, for the log.
 
-    >>> rate_line("scored", 1115, 4.2, 2, "cpu")
-    'scored 1,115 rows in 4.2 s (265 rows/s; cpu, 2 threads)'
+    >>> rate_line("scored", 1115, 4.2, 2, "cpu"), rate_line("predicted", 256, 25.6, 1, "cuda:0")
+    ('scored 1,115 rows in 4.2 s (265 rows/s; cpu, 2 threads)', 'predicted 256 rows in 25.6 s (10.0 rows/s; cuda:0)')
     """
     where = f"{device}, {threads} threads" if str(device).startswith("cpu") else str(device)
-    return f"{verb} {rows:,} rows in {seconds:.1f} s ({rows / max(seconds, 1e-9):,.0f} rows/s; {where})"
+    rate = rows / max(seconds, 1e-9)
+    return f"{verb} {rows:,} rows in {seconds:.1f} s ({rate:,.0f} rows/s; {where})" if rate >= 100 else \
+        f"{verb} {rows:,} rows in {seconds:.1f} s ({rate:.1f} rows/s; {where})"
