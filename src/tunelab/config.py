@@ -64,7 +64,7 @@ class DataConfig(Section):
     max_length: int = Field(256, ge=8, description="Truncate texts to this many tokens (truncated rows are counted in the report).")
     group_by_length: Union[bool, Literal["auto"]] = Field("auto", description="Batch texts of similar length together (less padding; the order stays random and seeded). auto = on for CPU training, off on a GPU, where small batches are launch-bound and grouping measured slower.")
     padding: Literal["longest", "max_length", "none"] = Field("longest", description="longest: pad each batch to its longest sequence; max_length: pad to data.max_length; none: batch size 1 with gradient accumulation.")
-    packing: Literal["auto", "on", "off"] = Field("auto", description="Pack the examples of a micro-batch into one padding-free row (positions restart and attention stays inside each example; same loss and gradients as padded batches). on = pack; auto = off for now: on the H200 packed rows measured slower than padded batches (no varlen attention kernel is installed there). Overrides padding when on.")
+    packing: Literal["auto", "on", "off"] = Field("auto", description="Pack the examples of a micro-batch into one padding-free row (positions restart and attention stays inside each example; same loss and gradients as padded batches). on = pack (on CUDA through torch's varlen FlashAttention kernel; saves memory); auto = off: on the H200 packed rows were within noise of padded batches for SFT and slower for short classification texts (docs/benchmarks.md). Overrides padding when on.")
 
 
 class LoraConfig(Section):
