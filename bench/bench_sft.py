@@ -52,19 +52,7 @@ def score_base(cfg) -> dict:
     out.update(gen["scores"], generation_seconds=round(time.perf_counter() - started, 2))
     out["examples"] = [{"prompt": p[-300:], "reference": r, "generated": g}
                        for p, r, g in list(zip(gen["prompts"], gen["references"], gen["predictions"]))[:3]]
-    out["by_lang"] = by_lang(gen["predictions"], gen["references"], [it.row.get("lang") for it in items], template)
     return out
-
-
-def by_lang(preds: list[str], refs: list[str], langs: list, template) -> dict | None:
-    """Scores per value of the rows' `lang` field (document QA), or None without one."""
-    from tunelab.sft.evaluate import refusal_strings
-    from tunelab.sft.metrics import score_predictions
-
-    if not all(isinstance(x, str) for x in langs):
-        return None
-    return {lang: score_predictions([p for p, x in zip(preds, langs) if x == lang], [r for r, x in zip(refs, langs) if x == lang],
-                                    refusal=refusal_strings(template)) for lang in sorted(set(langs))}
 
 
 def tuned_by_lang(run_dir: Path, cfg) -> dict | None:
@@ -78,6 +66,8 @@ def tuned_by_lang(run_dir: Path, cfg) -> dict | None:
     if [r["source"] for r in rows] != [it.where for it in items]:
         raise SystemExit(f"{run_dir}/test_predictions.jsonl: its rows are not the test rows of this config "
                          "(was the run made with other data or overrides?)")
+    from tunelab.sft.evaluate import by_lang
+
     return by_lang([r["generated"] for r in rows], [r["reference"] for r in rows], [it.row.get("lang") for it in items],
                    load_template(run_dir / "model"))
 

@@ -105,3 +105,22 @@ def test_examples_table_escapes_and_shortens():
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0
+
+
+def test_scores_by_language_keep_each_languages_refusals_apart():
+    """A model that refuses every Korean question and no English one: pooled precision looks
+    fair, the Korean precision shows the failure (the case of the docqa benchmark)."""
+    from tunelab.sft.evaluate import by_lang, format_scores
+    from tunelab.sft.templates import build_template
+
+    template = build_template("docqa")
+    refs = [REFUSAL_KO, "3년", "연 4.5%", REFUSAL_EN, "30 days", "$500"]
+    preds = [REFUSAL_KO, REFUSAL_KO, REFUSAL_KO, REFUSAL_EN, "30 days", "$500"]
+    langs = ["ko", "ko", "ko", "en", "en", "en"]
+    scores = by_lang(preds, refs, langs, template)
+    assert set(scores) == {"en", "ko"} and scores["ko"]["n"] == 3
+    assert scores["ko"]["refusal_precision"] == pytest.approx(1 / 3) and scores["ko"]["refusal_recall"] == 1.0
+    assert scores["en"]["refusal_precision"] == 1.0 and scores["en"]["exact_match"] == 1.0
+    assert by_lang(preds, refs, ["ko"] * 6, template) is None and by_lang(preds, refs, ["ko"] * 5 + [None], template) is None
+    table = format_scores({**score_predictions(preds, refs, refusal=[REFUSAL_KO, REFUSAL_EN]), "by_lang": scores})
+    assert "rows with lang = ko:" in table and "| refusal_precision | 33.3 % |" in table

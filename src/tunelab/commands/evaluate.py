@@ -15,10 +15,9 @@ PREDICTIONS.judge-RUBRIC/) and the judge's mean score joins the scores.
 HELP = "evaluate a trained run on a labelled data file (classification: accuracy, macro-F1...; sft: loss, ROUGE-L, chrF, refusals)"
 
 
-from tunelab.commands.options import add_threads_option
-
-
 def configure(p):
+    from tunelab.commands.options import add_threads_option
+
     p.add_argument("run", help="run folder (or its model/ folder)")
     p.add_argument("--data", required=True, help="labelled CSV/TSV/JSONL/Parquet file, or asset:NAME")
     p.add_argument("--text-column", default=None, help="text column (default: as in the run's config, else 'text')")
@@ -80,7 +79,6 @@ def run(args) -> int:
                   f"{judged['unparseable']} unparseable; report in {folder}/")  # fmt: skip
     else:
         from tunelab.classify.evaluate import evaluate_file, format_report
-
         from tunelab.commands.options import rate_line
 
         scores, name, n, seconds, device = evaluate_file(args.run, args.data, args.text_column, args.label_column, args.batch_size)

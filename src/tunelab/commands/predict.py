@@ -3,10 +3,9 @@
 HELP = "predict labels and class probabilities for texts (JSONL out, batched)"
 
 
-from tunelab.commands.options import add_threads_option
-
-
 def configure(p):
+    from tunelab.commands.options import add_threads_option
+
     p.add_argument("run", help="run folder (or its model/ folder)")
     p.add_argument("--input", required=True, help="'-' for stdin (one text per line), a .txt file (one per line), or CSV/TSV/JSONL/Parquet")
     p.add_argument("--output", default="-", help="JSONL output file, or '-' for stdout")

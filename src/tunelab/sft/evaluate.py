@@ -76,8 +76,21 @@ def generate_and_score(model, tokenizer, template, items, generation: dict, batc
                     top_p=generation["top_p"], seed=generation.get("seed"), batch_size=batch_size)
     preds = _generate_sharded(model, tokenizer, template, list(prompts), settings)
     scores = score_predictions(preds, list(refs), refusal=refusal_strings(template))
+    langs = [getattr(it, "row", {}).get("lang") for it in items]
+    if per_language := by_lang(preds, list(refs), langs, template):
+        scores["by_lang"] = per_language
     return {"scores": scores, "predictions": preds, "references": list(refs),
             "prompts": [p[-1]["content"] for p in prompts]}
+
+
+def by_lang(preds: list[str], refs: list[str], langs: list, template) -> dict | None:
+    """The same scores per value of the rows' `lang` field (document QA in several languages:
+    refusal precision and recall must hold in each, not only on average), or None unless every
+    row has a `lang` string and there are at least two of them."""
+    if not langs or not all(isinstance(x, str) for x in langs) or len(set(langs)) < 2:
+        return None
+    return {lang: score_predictions([p for p, x in zip(preds, langs) if x == lang], [r for r, x in zip(refs, langs) if x == lang],
+                                    refusal=refusal_strings(template)) for lang in sorted(set(langs))}
 
 
 def _generate_sharded(model, tokenizer, template, prompts: list, settings: dict) -> list[str]:
@@ -120,6 +133,8 @@ def format_scores(scores: dict) -> str:
         if scores.get(k) is not None:
             rows.append(f"| {k} | {scores[k]:.4f} |")
     rows.append(f"| rows | {scores.get('n', '')} |")
+    for lang, part in (scores.get("by_lang") or {}).items():
+        rows += ["", f"rows with lang = {lang}:", format_scores(part)]
     return "\n".join(rows)
 
 
