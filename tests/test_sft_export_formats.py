@@ -182,6 +182,37 @@ def test_gguf_q8_0_loads_back_with_close_weights_and_is_smaller(root, tmp_path):
         assert torch.allclose(value, original[name], atol=2e-3), name
 
 
+BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+
+
+def _split(name: str) -> dict:
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+
+    return {"type": "Split", "pattern": {"Regex": GGUF_PRE_TOKENIZER_SPLITS[name]}, "behavior": "Isolated"}
+
+
+@pytest.mark.parametrize("steps,name", [
+    ([BYTE_LEVEL], "gpt-2"),  # not "gpt2" (the tokenizer model): llama.cpp refused that, "unknown pre-tokenizer type"
+    ([{"type": "Digits", "individual_digits": True}, BYTE_LEVEL], "smollm"),
+    ([_split("llama-bpe"), {**BYTE_LEVEL, "use_regex": False}], "llama-bpe"),
+    ([_split("qwen2"), {**BYTE_LEVEL, "use_regex": False}], "qwen2"),
+])
+def test_gguf_pre_tokenizer_is_spelled_as_llama_cpp_spells_it(steps, name):
+    """tokenizer.ggml.pre names from llama.cpp's llama-vocab.cpp; any other name and llama.cpp
+    does not load the file (bench/llamacpp_check.py runs real llama.cpp on an export)."""
+    from tunelab.sft.gguf_export import _pre_tokenizer
+
+    assert _pre_tokenizer({"pre_tokenizer": {"type": "Sequence", "pretokenizers": steps}}) == name
+
+
+def test_gguf_file_of_a_gpt2_style_tokenizer_says_gpt_2(root, tmp_path):
+    import gguf
+
+    out = export_run(_model_folder(root, "llama"), tmp_path / "gguf", gguf="f16")  # (Qwen2's own tokenizer class sets its split)
+    fields = gguf.GGUFReader(out / "llama-sft-f16.gguf").fields
+    assert fields["tokenizer.ggml.model"].contents() == "gpt2" and fields["tokenizer.ggml.pre"].contents() == "gpt-2"
+
+
 def test_modelfile_has_the_template_and_every_stop(sft_run, root, tmp_path):
     chat = (export_run(_model_folder(root, "qwen2"), tmp_path / "chat", gguf="f16") / "Modelfile").read_text(encoding="utf-8")
     assert chat.startswith("FROM ./qwen2-sft-f16.gguf\n")

@@ -145,7 +145,9 @@ def _flatten(node: dict | None) -> list[dict]:
 
 
 def _pre_tokenizer(spec: dict) -> str:
-    """llama.cpp's name for how this byte-level tokenizer splits text before BPE."""
+    """llama.cpp's name for how this byte-level tokenizer splits text before BPE (its
+    `tokenizer.ggml.pre`; llama.cpp refuses to load a file whose name it does not know, so these
+    are spelled as llama-vocab.cpp spells them: GPT-2's is "gpt-2", not the tokenizer model "gpt2")."""
     from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
 
     steps = _flatten(spec.get("pre_tokenizer"))
@@ -157,7 +159,7 @@ def _pre_tokenizer(spec: dict) -> str:
         if names:
             return (preferred or names)[0]
     elif kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"
     elif kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
         return "smollm"
     raise TunelabError(f"--gguf: this tokenizer's pre-tokenizer ({kinds or 'none'}) is not one llama.cpp names; "
