@@ -126,7 +126,10 @@ def chat_one(port: int, question: str) -> tuple[bool, float, float, int]:
             if data == b"[DONE]":
                 done = True
                 break
-            if json.loads(data)["choices"][0]["delta"].get("content"):
+            event = json.loads(data)
+            if "choices" not in event:  # an error event (e.g. the request's timeout) ends the stream unfinished
+                break
+            if event["choices"][0]["delta"].get("content"):
                 chunks += 1
                 first = first or time.perf_counter() - start
     finally:
