@@ -13,8 +13,11 @@ Checks, each a small pure function: length bounds, language (share of Hangul or 
 `tunelab.data.normalize.script_shares`), duplicates (normalised exact and near, via
 `tunelab.data.dedup`), and support: the share of what the answer adds to the question that
 occurs in the chunk, as character bigrams within words. Bigrams, not words, because Korean
-attaches particles to words ("15일이" in the chunk, "15일" in the answer); what the question
-already says is left out, so "The encryption of every laptop costs $100" is judged on "$100".
+attaches particles to words ("15일이" in the chunk, "15일" in the answer); and a Korean word's
+particle or ending is cut off before its bigrams are taken (`claim_grams`: "연차휴가는" claims
+"연차휴가", so the bigram "가는" is not counted against an answer whose chunk says "연차휴가가").
+English words are taken whole, as before. What the question already says is left out, so "The
+encryption of every laptop costs $100" is judged on "$100".
 """
 
 from __future__ import annotations
@@ -163,6 +166,40 @@ def _squash(text: str) -> str:
 
 # polite endings that answers add and documents (written in -다) lack: not evidence either way
 _KO_ENDINGS = frozenset("니다 습니 입니 됩니 합니 십니 에요 예요 해요 세요 어요 아요".split())
+# what Korean glues onto a word's end: particles (a stem of 2+ characters must remain) ...
+_KO_PARTICLES = tuple(sorted(
+    "은 는 이 가 을 를 에 의 와 과 도 만 로 으로 에서 에게 께서 한테 까지 부터 마다 처럼 보다 에는 에서는 "
+    "으로는 로는 에도 과는 와는 이나 이며 이고 이면 이라 이라는 이란 이라도 라는 란 만큼 밖에 조차 인 인데".split(),
+    key=len, reverse=True))  # fmt: skip
+# ... and verb or copula endings (a stem of 1+ character must remain: 있습니다 -> 있)
+_KO_VERB_ENDINGS = tuple(sorted(
+    "입니다 습니다 니다 합니다 됩니다 십니다 이다 한다 된다 하다 되다 다 해야 하며 되며 하고 되고 하면 되면 "
+    "해요 돼요 에요 예요 이에요 어요 아요 세요 하여 되어 돼 해 며 고 면 하는 되는 한 된 할 될".split(),
+    key=len, reverse=True))  # fmt: skip
+_HANGUL_END = re.compile("[\uac00-\ud7a3]$")
+_HANGUL_SYLLABLE = re.compile("[\uac00-\ud7a3]")
+
+
+def _stem(word: str) -> str:
+    """A word without the particle or ending Korean attaches to it (one, the longest that fits);
+    other words as they are.
+
+    >>> [_stem(w) for w in ("문서에서", "문서는", "15일이며", "있습니다", "제출해야", "휴가", "제한", "laptops")]
+    ['문서', '문서', '15일', '있', '제출', '휴가', '제한', 'laptops']
+    """
+    if not _HANGUL_END.search(word):
+        return word
+    for suffix in _KO_PARTICLES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 2:
+            return word[: -len(suffix)]
+    for suffix in _KO_VERB_ENDINGS:  # one syllable needs a stem of two (제한 is no 제 + -한)
+        if word.endswith(suffix) and len(word) - len(suffix) >= (1 if len(suffix) > 1 else 2):
+            return word[: -len(suffix)]
+    return word
+
+
+def _grams(word: str) -> set[str]:
+    return {word[i:i + 2] for i in range(len(word) - 1)} if len(word) > 1 else ({word} if word else set())
 
 
 def word_bigrams(text: str) -> set[str]:
@@ -173,35 +210,66 @@ def word_bigrams(text: str) -> set[str]:
     """
     out: set[str] = set()
     for w in _NON_WORD.split(unicodedata.normalize("NFKC", text).casefold()):
-        out |= {w[i:i + 2] for i in range(len(w) - 1)} if len(w) > 1 else ({w} if w else set())
+        out |= _grams(w)
     return out
 
 
+def claim_grams(text: str) -> set[str]:
+    """What a text claims, as character bigrams within words: English words as they are (as
+    `word_bigrams`), Korean words without their particle or ending (`_stem`: 문서에서 and 문서는
+    both claim 문서; 15일이며 claims 15일), so that a different particle is not counted against
+    a grounded answer. Polite endings are left out.
+
+    >>> sorted(claim_grams("연차휴가는 15일입니다"))
+    ['15', '5일', '연차', '차휴', '휴가']
+    """
+    out: set[str] = set()
+    for w in _NON_WORD.split(unicodedata.normalize("NFKC", text).casefold()):
+        out |= _grams(_stem(w))
+    return out - _KO_ENDINGS
+
+
+def context_grams(text: str) -> set[str]:
+    """What a context can support: its bigrams within words and, for a Korean stem of one
+    syllable (있습니다 -> 있), its Hangul syllables.
+
+    >>> sorted(context_grams("할 수 있다"))
+    ['다', '수', '있', '있다', '할']
+    """
+    return word_bigrams(text) | set(_HANGUL_SYLLABLE.findall(unicodedata.normalize("NFKC", text)))
+
+
 def new_in_answer(answer: str, question: str = "") -> set[str]:
-    """The answer's bigrams that the question does not already hold (polite endings left out):
-    what the answer claims. Empty when the answer only repeats the question.
+    """What the answer claims (`claim_grams`) that the question does not already hold. Empty
+    when the answer only repeats the question.
 
     >>> new_in_answer("4 business hours", "Confirmed within 4 business hours?")
     set()
+    >>> sorted(new_in_answer("연차는 15일입니다", "연차휴가는 며칠인가요?"))
+    ['15', '5일']
     """
-    return word_bigrams(answer) - _KO_ENDINGS - word_bigrams(question)
+    return claim_grams(answer) - claim_grams(question) - word_bigrams(question)
 
 
 def support(answer: str, context: str, question: str = "") -> float:
-    """Share of what the answer claims (`new_in_answer`) that occurs in the context, as bigrams
-    within words; 1.0 for a quote, 0.0 when the answer adds nothing to the question.
+    """Share of what the answer claims (`new_in_answer`) that occurs in the context
+    (`context_grams`); 1.0 for a quote, 0.0 when the answer adds nothing to the question. In
+    English, bigrams within words; in Korean, bigrams within the stems, so particles and
+    endings that differ from the chunk's (문서에서 / 문서는, 부여됩니다 / 부여된다) do not count.
 
     >>> support("15일", "입사 1년 후 연차 15일이 부여됩니다.")
     1.0
+    >>> support("연차휴가는 15일입니다", "매년 15일의 연차휴가가 부여된다.")
+    1.0
     >>> round(support("3월 31일까지 이월할 수 있습니다", "연차는 3월 31일까지 이월할 수 있다."), 2)
-    0.89
+    1.0
     >>> round(support("It costs $100.", "Laptops cost $1,200 each.", "What does encryption cost?"), 2)
     0.25
     """
     grams = new_in_answer(answer, question)
     if not grams:
         return 0.0
-    return len(grams & word_bigrams(context)) / len(grams)
+    return len(grams & context_grams(context)) / len(grams)
 
 
 _STOP_EN = frozenset(
@@ -209,7 +277,6 @@ _STOP_EN = frozenset(
     "should would will shall may might must this that these those its than then there their they them not any "
     "all each per into about after before under over between".split()
 )
-_HANGUL_SYLLABLE = re.compile("[\uac00-\ud7a3]")
 
 
 def content_tokens(text: str) -> set[str]:

@@ -29,6 +29,7 @@ from tunelab.data.io_atomic import write_json_atomic, write_jsonl_atomic
 from tunelab.errors import TunelabError
 from tunelab.synth.cache import ReplyCache, cache_key
 from tunelab.synth.chunking import Chunk, chunk_text
+from tunelab.synth.constrained import Answer, QuestionList
 from tunelab.synth.documents import find_documents, read_document
 from tunelab.synth.filters import (
     duplicate_reasons,
@@ -77,12 +78,16 @@ def interleave(per_doc: list[list[Chunk]], limit: int | None) -> list[Chunk]:
 
 
 def run_requests(teacher, requests: list[list[dict]], cache: ReplyCache, prompt_version: str, desc: str,
-                 progress: bool = True) -> tuple[list[str], int]:  # fmt: skip
+                 progress: bool = True, constraint=None) -> tuple[list[str], int]:  # fmt: skip
     """Replies for `requests`, from the cache or the teacher (stored as they arrive); returns
-    (replies, how many were cached)."""
+    (replies, how many were cached). `constraint` (`synth.constrained`) is the shape a local
+    teacher that constrains its decoding keeps the replies in; it is then part of the cache key."""
     from tunelab.progress import progress_bar
 
-    keys = [cache_key(teacher.id, prompt_version, m, teacher.params) for m in requests]
+    if not getattr(teacher, "constrains", False):
+        constraint = None  # endpoints (and `teacher.constrained: false`) generate freely
+    params = {**teacher.params, "constraint": constraint.key} if constraint is not None else teacher.params
+    keys = [cache_key(teacher.id, prompt_version, m, params) for m in requests]
     replies: list[str | None] = [cache.get(k) for k in keys]
     todo = [i for i, r in enumerate(replies) if r is None]
     hits = len(requests) - len(todo)
@@ -102,7 +107,9 @@ def run_requests(teacher, requests: list[list[dict]], cache: ReplyCache, prompt_
             size = teacher.cfg.batch_size
             for start in range(0, len(todo), size):
                 idx = todo[start:start + size]
-                for i, text in zip(idx, teacher.generate([requests[i] for i in idx])):
+                batch = [requests[i] for i in idx]
+                replies_now = teacher.generate(batch, constraint) if constraint is not None else teacher.generate(batch)
+                for i, text in zip(idx, replies_now):
                     done(i, text)
         elif todo:
             with ThreadPoolExecutor(max_workers=teacher.cfg.concurrency) as pool:
@@ -231,8 +238,9 @@ def _ask_questions(teacher, chunks: list[Chunk], cfg: SynthConfig, cache: ReplyC
                    progress: bool) -> _Asked:  # fmt: skip
     """Ask for questions about every chunk and keep the well-formed, distinct ones (before paying for answers)."""
     t1 = time.perf_counter()
+    shape = QuestionList(cfg.questions.per_chunk, cfg.lang, cfg.filters.min_question_chars, cfg.filters.max_question_chars)
     replies, hits = run_requests(teacher, [question_messages(cfg, c.text) for c in chunks], cache,
-                                 cfg.prompt_version, "questions", progress)  # fmt: skip
+                                 cfg.prompt_version, "questions", progress, constraint=shape)  # fmt: skip
     seconds = time.perf_counter() - t1
     items, parsed = _parse_questions(chunks, replies, cfg, drop)
     return _Asked(_drop_duplicates(items, cfg, drop), hits, seconds, parsed)
@@ -280,7 +288,8 @@ def _ask_answers(teacher, items: list[Item], cfg: SynthConfig, cache: ReplyCache
     """Ask for an answer to each question from its chunk only, and keep the items whose answer passes the filters."""
     t2 = time.perf_counter()
     replies, hits = run_requests(teacher, [answer_messages(cfg, it.chunk.text, it.question) for it in items],
-                                 cache, cfg.prompt_version, "answers", progress)  # fmt: skip
+                                 cache, cfg.prompt_version, "answers", progress,
+                                 constraint=Answer(cfg.filters.max_answer_chars))  # fmt: skip
     seconds = time.perf_counter() - t2
     kept: list[Item] = []
     for item, reply in zip(items, replies):

@@ -45,6 +45,7 @@ class TeacherConfig(Section):
     retries: int = Field(5, ge=0, description="openai: retries on HTTP 429, 5xx, timeouts and dropped connections.")
     retry_base_seconds: float = Field(1.0, ge=0, description="openai: first backoff; doubled after each retry (with jitter), capped at 60 s; a Retry-After header wins.")
     seed: int = Field(0, description="Sampling seed (when temperature > 0).")
+    constrained: bool = Field(True, description="local: constrained decoding, so every reply has the shape the parsers read (a numbered list of questions ending in '?', Korean ones with an interrogative ending; a one-line answer); false: free generation.")
 
     @model_validator(mode="after")
     def _remote_needs_model(self) -> TeacherConfig:

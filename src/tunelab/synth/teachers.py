@@ -7,7 +7,9 @@
 LocalTeacher loads a causal LM with transformers in this process (float32 on the CPU, the only
 safe choice for bf16-stored weights there), renders messages with the model's own chat template
 (a plain "System:/User:/Assistant:" transcript when it has none, as base models), and generates
-a batch at once with left padding; greedy at temperature 0.
+a batch at once with left padding; greedy at temperature 0. Given the structure a stage wants
+(`synth.constrained`), it decodes under a logits processor that keeps every reply in the shape
+the parsers read: a numbered list of questions, or a one-line answer (`teacher.constrained`).
 
 EndpointTeacher talks to any OpenAI-compatible chat-completions endpoint with the standard
 library only. Base URL and key come from the environment (TUNELAB_TEACHER_BASE_URL, e.g.
@@ -100,6 +102,7 @@ class LocalTeacher:
         self.truncated = 0  # prompts cut from the left to fit the model's context
         self._model = None
         self._tok = None
+        self._vocab = None
 
     def load(self) -> None:
         if self._model is not None:
@@ -123,8 +126,28 @@ class LocalTeacher:
         names = {"system": "System", "user": "User", "assistant": "Assistant"}
         return "".join(f"{names[m['role']]}: {m['content']}\n\n" for m in messages) + "Assistant:"
 
-    def generate(self, batch: list[list[dict]]) -> list[str]:
-        """One reply per message list, generated together (greedy at temperature 0)."""
+    @property
+    def constrains(self) -> bool:
+        """Whether `generate` honours a structure (`teacher.constrained`; see `synth.constrained`)."""
+        return self.cfg.constrained
+
+    def vocabulary(self):
+        """The token classes of the constrained decoder (built once)."""
+        from tunelab.synth.constrained import Vocabulary
+
+        self.load()
+        if self._vocab is None:
+            eos = self._model.generation_config.eos_token_id
+            eos = self._tok.eos_token_id if eos is None else eos
+            eos = [eos] if isinstance(eos, int) else list(eos)
+            width = self._model.get_output_embeddings().weight.shape[0]
+            self._vocab = Vocabulary(self._tok, width, eos)
+        return self._vocab
+
+    def generate(self, batch: list[list[dict]], constraint=None) -> list[str]:
+        """One reply per message list, generated together (greedy at temperature 0). With a
+        `constraint` (`synth.constrained.QuestionList` or `Answer`) and `teacher.constrained`
+        on, every reply has the shape the parsers read."""
         import torch
 
         self.load()
@@ -143,9 +166,23 @@ class LocalTeacher:
             kwargs.update(do_sample=True, temperature=self.cfg.temperature, top_p=0.95)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        constrained = constraint is not None and self.constrains
+        if constrained:
+            from transformers import LogitsProcessorList
+
+            from tunelab.synth.constrained import StructureProcessor
+
+            processor = StructureProcessor(constraint, self.vocabulary(), len(batch), self.cfg.max_new_tokens)
+            kwargs["logits_processor"] = LogitsProcessorList([processor])
+            kwargs["eos_token_id"] = self.vocabulary().eos
         with torch.no_grad():
             out = self._model.generate(input_ids=ids, attention_mask=mask, **kwargs)  # (B, T + new)
-        return [self._tok.decode(row[ids.shape[1]:], skip_special_tokens=True).strip() for row in out]
+        replies = [self._tok.decode(row[ids.shape[1]:], skip_special_tokens=True).strip() for row in out]
+        if constrained:
+            from tunelab.synth.constrained import clean_reply
+
+            replies = [clean_reply(r) for r in replies]
+        return replies
 
 
 class EndpointTeacher:
