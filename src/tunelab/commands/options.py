@@ -68,5 +68,5 @@ def rate_line(verb: str, rows: int, seconds: float, threads: int, device) -> str
     """
     where = f"{device}, {threads} threads" if str(device).startswith("cpu") else str(device)
     rate = rows / max(seconds, 1e-9)
-    return f"{verb} {rows:,} rows in {seconds:.1f} s ({rate:,.0f} rows/s; {where})" if rate >= 100 else \
-        f"{verb} {rows:,} rows in {seconds:.1f} s ({rate:.1f} rows/s; {where})"
+    shown = f"{rate:,.0f}" if rate >= 100 else f"{rate:.1f}"  # slow models: a decimal tells 8 from 8.9
+    return f"{verb} {rows:,} rows in {seconds:.1f} s ({shown} rows/s; {where})"
