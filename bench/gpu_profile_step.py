@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--layers", type=int, default=24)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--compile", action="store_true", help="also the packed and padded steps with compiled blocks (first steps timed apart)")
     args = ap.parse_args()
     dev = torch.device("cuda")
     config = tf.Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=args.layers, num_attention_heads=14, num_key_value_heads=2,
@@ -73,9 +74,18 @@ def main() -> None:
         return step
 
     report = {"real_tokens_per_step": real, "layers": args.layers}
-    for name, attn, fn in [("stock_full_logits", "sdpa", stock), ("tunelab_padded", "sdpa", mine(lambda b: collate(b, 0))),
-                           ("tunelab_packed_varlen", varlen.register(), mine(pack))]:
+    padded, packed = mine(lambda b: collate(b, 0)), mine(pack)
+    variants = [("stock_full_logits", "sdpa", stock, False), ("tunelab_padded", "sdpa", padded, False),
+                ("tunelab_packed_varlen", varlen.register(), packed, False)]
+    if args.compile:
+        variants += [("tunelab_packed_varlen_compiled", varlen.NAME, packed, True), ("tunelab_padded_compiled", "sdpa", padded, True)]
+    for name, attn, fn, compiled in variants:
         model.set_attn_implementation(attn)
+        if compiled:
+            from tunelab.train.loop import compile_blocks, uncompile_blocks
+
+            torch._dynamo.reset()
+            compile_blocks(model)
         times = []
         for i, b in enumerate(batches):
             torch.cuda.synchronize()
@@ -86,14 +96,23 @@ def main() -> None:
             opt.step()
             opt.zero_grad(set_to_none=True)
             torch.cuda.synchronize()
-            if i >= 3:
-                times.append(time.perf_counter() - t)
-        r = {"wall_ms": round(1e3 * statistics.median(times), 2), "tokens_per_s": round(real / statistics.median(times)),
+            times.append(time.perf_counter() - t)
+        steady = times[3:]
+        r = {"wall_ms": round(1e3 * statistics.median(steady), 2), "mean_ms": round(1e3 * statistics.mean(steady), 2),
+             "first_steps_s": [round(x, 2) for x in times[:3]], "tokens_per_s": round(real / statistics.median(steady)),
              "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+        if compiled:
+            from torch._dynamo.utils import counters
+
+            r["dynamo"] = {k: dict(v) for k, v in counters.items() if k in ("stats", "recompiles", "graph_break")}
         try:
             r.update(kernel_profile(fn, batches[:3], opt))
         except Exception as err:  # the wall times stand without the profile
             r["profile_error"] = repr(err)[:300]
+        if not compiled:
+            r["sync_sites"] = sync_sites(fn, batches[0], opt)
+        else:
+            uncompile_blocks(model)
         report[name] = r
         torch.cuda.reset_peak_memory_stats()
         print(name, json.dumps(r), flush=True)
@@ -125,6 +144,37 @@ def kernel_profile(fn, batches, opt) -> dict:
             # where the host's time goes (self time, per step), and what makes it wait for the GPU
             "top_host_ops_ms": {e.key[:70]: [round(e.self_cpu_time_total / 1e3 / n, 2), e.count // n] for e in host},
             "host_waits_per_step": {e.key[:70]: [round(e.self_cpu_time_total / 1e3 / n, 2), e.count // n] for e in waits}}
+
+
+def sync_sites(fn, batch, opt) -> dict:
+    """Where one step makes the host wait for the GPU: torch's sync debug mode warns at each
+    synchronising call; the innermost frame of tunelab or transformers code names the site."""
+    import traceback
+    import warnings
+
+    sites: dict[str, int] = {}
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        frames = [f for f in traceback.extract_stack()[:-1] if ("tunelab" in f.filename or "transformers" in f.filename or "bench" in f.filename)]
+        site = f"{frames[-1].filename.split('/')[-1]}:{frames[-1].lineno} {frames[-1].line}"[:120] if frames else f"{filename}:{lineno}"
+        sites[site] = sites.get(site, 0) + 1
+
+    old = warnings.showwarning
+    warnings.showwarning = record
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            with torch.autocast("cuda", torch.bfloat16):
+                loss = fn(batch)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        warnings.showwarning = old
+    return sites
 
 
 # Host calls that block until the GPU has caught up: each one drains the launch queue.

@@ -204,10 +204,13 @@ def _run_micro(tmp_path, steps):
 
 
 def test_optimizer_is_plain_adamw_on_a_cpu_and_compile_is_off_there():
-    from tunelab.train.loop import use_compile
+    from tunelab.train import compiling
 
     optimizer = make_optimizer(torch.nn.Linear(3, 1), 1e-3, 0.0)
     assert not optimizer.defaults.get("fused")  # fused AdamW only when every parameter is on CUDA
-    assert TrainConfig().compile == "auto" and not use_compile("auto", "cpu") and not use_compile("auto", "cuda") and use_compile("on", "cuda")
-    assert not use_compile("on", "cpu") and not use_compile("off", "cuda")
+    resolve = compiling.resolve_compile
+    assert TrainConfig().compile == "auto" and not resolve("auto", "cpu", 10**6)[0] and resolve("on", "cuda", 1)[0]
+    assert not resolve("on", "cpu", 10**6)[0] and not resolve("off", "cuda", 10**6)[0]
+    if compiling.COMPILE_MIN_STEPS is not None:  # auto: on for long CUDA runs only
+        assert resolve("auto", "cuda", compiling.COMPILE_MIN_STEPS)[0] and not resolve("auto", "cuda", compiling.COMPILE_MIN_STEPS - 1)[0]
     assert TrainConfig(compile="on").compile == "on" and TrainConfig(gradient_checkpointing=True).gradient_checkpointing

@@ -60,6 +60,7 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
     from tunelab.classify.frozen_cache import frozen_cache
     from tunelab.classify.objective import ClassificationObjective, balanced_class_weights
     from tunelab.classify.packing import resolve_packing, restore_attention, use_varlen
+    from tunelab.train.compiling import eager, setup_compile, uncompile_blocks
     from tunelab.train.loop import fit, plan_steps
 
     run_dir, accelerator, precision, started = start_run(cfg, resume, force)
@@ -106,18 +107,23 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
     weights = balanced_class_weights([y for _, y in encoded["train"]], len(splits.labels)) if cfg.data.balance == "class_weights" else None
     objective = ClassificationObjective(weights)
 
-    def validate(m):
-        scores = evaluate_items(m, encoded["validation"], eval_collate, cfg.eval.batch_size, device, splits.labels, weights)
-        return {k: scores[k] for k in ("loss", "accuracy", "macro_f1")}
-
     group = group_by_length(cfg, device, log)
     torch.manual_seed(cfg.train.seed)
     # padding none (unpacked): one sequence per micro-batch, accumulated up to the configured batch size.
     plan = plan_steps(len(encoded["train"]), cfg.train, micro_batch=1 if cfg.data.padding == "none" and not packed else None,
                       lengths=[len(ids) for ids, _ in encoded["train"]])  # for train.max_tokens_per_micro_batch
+    compiled = setup_compile(cfg.train, model, device, plan.total_steps, log)
+
+    def validate(m):
+        with eager(compiled):  # no gradients, other shapes: compiled blocks would recompile
+            scores = evaluate_items(m, encoded["validation"], eval_collate, cfg.eval.batch_size, device, splits.labels, weights)
+        return {k: scores[k] for k in ("loss", "accuracy", "macro_f1")}
+
     result = fit(model, encoded["train"], collate, objective, validate if encoded["validation"] else None, cfg.train, plan, run_dir, accelerator, resume=resume,
                  lengths=[len(ids) for ids, _ in encoded["train"]] if group else None, log=log)
     model = result.model  # plain and whole on every process, the best weights
+    if compiled:
+        uncompile_blocks(model)
     restore_attention(model)  # scoring and the export use the model's own attention
 
     test = evaluate_items(model, encoded["test"], eval_collate, cfg.eval.batch_size, device, splits.labels) if encoded["test"] else None

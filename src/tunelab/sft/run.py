@@ -125,13 +125,14 @@ def plain_model(model, attn: str, compiled: bool):
     """Within: the model with attention `attn` and its compiled blocks run eagerly. Validation
     (padded rows, no gradients) then neither recompiles the blocks (measured on an H200: 20 s for
     a first validation under compile) nor adds mask variants to flex_attention's compiled kernel."""
+    from tunelab.train.compiling import eager
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     current = base.config._attn_implementation
-    eager = torch.compiler.set_stance("force_eager") if compiled and hasattr(torch.compiler, "set_stance") else contextlib.nullcontext()
     if attn != current:
         base.set_attn_implementation(attn)
     try:
-        with eager:
+        with eager(compiled):
             yield model
     finally:
         if attn != current:
@@ -203,7 +204,8 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
     from tunelab.sft.export import merge_lora, save_adapter, save_merged
     from tunelab.sft.objective import CE_CHUNK, SftObjective, head_is_plain
     from tunelab.sft.templates import TEMPLATE_FILE, save_template
-    from tunelab.train.loop import compile_blocks, fit, plan_steps, uncompile_blocks, use_compile
+    from tunelab.train.compiling import setup_compile, uncompile_blocks
+    from tunelab.train.loop import fit, plan_steps
 
     assert cfg.task == "sft" and cfg.sft is not None
     run_dir, accelerator, precision, started = start_run(cfg, resume, force)
@@ -236,11 +238,6 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
         enable_gradient_checkpointing(model, lora=info["policy"] == "lora")
         log("train.gradient_checkpointing: on (activations recomputed in the backward pass)")
     log_estimate(cfg, model, device, precision, log, checkpointing=cfg.train.gradient_checkpointing, logit_rows=CE_CHUNK)
-    compiled = use_compile(cfg.train.compile, device.type)
-    if compiled:
-        log(f"train.compile {cfg.train.compile} -> on: {compile_blocks(model)} transformer blocks compiled (dynamic shapes)")
-    elif cfg.train.compile == "on":
-        log(f"train.compile on: ignored on {device.type}, compiling is for CUDA only")
 
     def validate(m):
         with plain_model(model, attn_before, compiled):
@@ -252,6 +249,7 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
     train_lengths = [len(e["input_ids"]) for e in encoded["train"]]
     plan = plan_steps(len(encoded["train"]), cfg.train, micro_batch=1 if cfg.data.padding == "none" and not packing else None,
                       lengths=train_lengths)
+    compiled = setup_compile(cfg.train, model, device, plan.total_steps, log)
     result = fit(model, encoded["train"], batch_of, SftObjective(), validate if encoded["validation"] else None, cfg.train,
                  plan, run_dir, accelerator, resume=resume, lengths=train_lengths if group else None, log=log)
     model = result.model  # plain and whole on every process, the best weights

@@ -15,9 +15,8 @@ examples may be cut into micro-batches by a token budget (`train.max_tokens_per_
 
 No host syncs inside the micro-batch loop: batches go to the GPU from pinned memory without
 blocking, losses are summed on the device, and one read-back per step (gradient norm, loss) feeds
-the non-finite check and the log. On CUDA the optimizer is fused AdamW (`make_optimizer`), and
-`compile_blocks` compiles the transformer blocks when `train.compile` resolves to on
-(`use_compile`).
+the non-finite check and the log. On CUDA the optimizer is fused AdamW (`make_optimizer`); the recipes
+compile the transformer blocks when `train.compile` resolves to on (`tunelab.train.compiling`).
 """
 
 from __future__ import annotations
@@ -311,40 +310,6 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     if device.type != "cuda":
         return {key: v.to(device) if torch.is_tensor(v) else v for key, v in batch.items()}
     return {key: v.pin_memory().to(device, non_blocking=True) if torch.is_tensor(v) else v for key, v in batch.items()}
-
-
-def use_compile(setting: str, device_type: str) -> bool:
-    """`train.compile` resolved: only `on` compiles, and only on CUDA (on a CPU even `on` resolves
-    to off, logged by the recipe: inductor's CPU code needs a C++ toolchain). `auto` is off for
-    now: measured on the H200 (Qwen2 shape, packed rows with flex attention), the first compiled
-    step took 68 s, steps after it 10 ms, and validation or a new mask shape recompiled (dynamo's
-    limit was hit), so on runs of tens to hundreds of steps compiling cost more than it saved.
-
-    >>> use_compile("auto", "cuda"), use_compile("on", "cuda"), use_compile("off", "cuda"), use_compile("on", "cpu")
-    (False, True, False, False)
-    """
-    return device_type == "cuda" and setting == "on"
-
-
-def compile_blocks(model: torch.nn.Module) -> int:
-    """torch.compile each transformer block in place (regional compilation) with dynamic shapes,
-    so that packed rows of a new length do not recompile; the embedding, the LM head and the loss
-    stay eager (the loss's hooks and chunking are plain Python). Parameter names do not change,
-    so checkpoints and exports are unaffected. Returns how many blocks were compiled."""
-    from tunelab.model.backbone import transformer_blocks
-
-    blocks = transformer_blocks(model)
-    for block in blocks:
-        block.compile(dynamic=True)
-    return len(blocks)
-
-
-def uncompile_blocks(model: torch.nn.Module) -> None:
-    """Undo `compile_blocks` (before generation, whose one-token steps gain nothing from it)."""
-    from tunelab.model.backbone import transformer_blocks
-
-    for block in transformer_blocks(model):
-        block._compiled_call_impl = None  # what nn.Module.compile sets
 
 
 def _append_metrics(path: Path, row: dict) -> None:
