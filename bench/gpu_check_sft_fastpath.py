@@ -18,7 +18,7 @@ from tests.helpers import tiny_tokenizer, write_config  # noqa: E402
 from tunelab.model import varlen  # noqa: E402
 from tunelab.sft.collate import collate, pack  # noqa: E402
 from tunelab.sft.objective import head_is_plain, packed_attention, packing_isolates, sft_loss  # noqa: E402
-from tunelab.train.loop import compile_blocks  # noqa: E402
+from tunelab.train.compiling import compile_blocks  # noqa: E402
 from tunelab.train.optim import make_optimizer  # noqa: E402
 
 print("torch", torch.__version__, "transformers", tf.__version__, torch.cuda.get_device_name(), flush=True)

@@ -11,8 +11,8 @@ Cases (issue 15), random-init models of real shapes, bf16:
 Each case runs (1) the stock path: transformers Trainer (+ PEFT for LoRA), SDPA, dynamic padding
 to the longest in the batch; (2) `tunelab train` in process with its defaults (padded micro-batches,
 fused AdamW, chunked LM-head loss); (3) the same with data.packing on (padding-free rows; on CUDA
-varlen attention, `tunelab.model.varlen`); (4) with --compile, packed SFT also with train.compile
-on; (5) with --liger, packed again after Liger-Kernel's Triton RMSNorm, RoPE and SwiGLU replaced the
+varlen attention, `tunelab.model.varlen`); (4) with --compile, padded and packed also with train.compile
+on (SFT and classification); (5) with --liger, packed again after Liger-Kernel's Triton RMSNorm, RoPE and SwiGLU replaced the
 model's own (an experiment: is the step launch-bound enough that fused kernels pay?); (6) with
 --budgets, padded and packed with train.max_tokens_per_micro_batch at each value. A variant
 that fails prints its error and the run goes on. Reported: real (non-pad) tokens/s over the training steps, first to last (CUDA-synchronised;
@@ -157,12 +157,16 @@ def _step_clock():
     import transformers as tf
 
     class StepClock(tf.TrainerCallback):
-        start = end = None
+        start = end = second = None
 
         def on_step_begin(self, args, state, control, **kw):
-            if self.start is None:
+            if self.start is None or self.second is None:
                 torch.cuda.synchronize()
-                self.start = time.perf_counter()
+                now = time.perf_counter()
+                if self.start is None:
+                    self.start = now
+                else:  # the second step begins: the first one is over
+                    self.second = now
 
         def on_train_end(self, args, state, control, **kw):
             torch.cuda.synchronize()
@@ -171,6 +175,10 @@ def _step_clock():
         @property
         def seconds(self) -> float:
             return self.end - self.start
+
+        @property
+        def first(self) -> float:
+            return self.second - self.start
 
     return StepClock()
 
@@ -206,7 +214,8 @@ def run_stock(task: str, folder: Path, rows: list[dict], trainable: str, steps: 
     tokens = sum(real) * (steps * batch / len(real))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"tokens_per_s": tokens / seconds, "seconds": seconds, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "last_loss": losses[-1] if losses else None, "mfu": mfu(tokens / seconds, n, trainable == "lora")}
+            "last_loss": losses[-1] if losses else None, "mfu": mfu(tokens / seconds, n, trainable == "lora"),
+            **steady(tokens, seconds, clock.first, steps)}
 
 
 def run_tunelab(task: str, folder: Path, data: Path, trainable: str, steps: int, batch: int, out: Path, max_length: int, n: int,
@@ -235,7 +244,16 @@ def run_tunelab(task: str, folder: Path, data: Path, trainable: str, steps: int,
     losses = [json.loads(line).get("train_loss") for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [x for x in losses if x is not None]
     return {"tokens_per_s": s["train_tokens_per_second"], "seconds": s["step_seconds"], "peak_gib": s["peak_memory_mb"] / 1024,
-            "last_loss": losses[-1] if losses else None, "mfu": mfu(s["train_tokens_per_second"], n, trainable == "lora"), "precision": s["precision"], "packing": s.get("packing")}
+            "last_loss": losses[-1] if losses else None, "mfu": mfu(s["train_tokens_per_second"], n, trainable == "lora"), "precision": s["precision"], "packing": s.get("packing"),
+            **steady(s["train_tokens_per_second"] * s["step_seconds"], s["step_seconds"], s.get("first_step_seconds"), steps)}
+
+
+def steady(tokens: float, seconds: float, first: float | None, steps: int) -> dict:
+    """The speed without the first step (compile, kernel selection: paid once per run, so a long run
+    approaches this figure), taking the first step's share of the tokens to be 1/steps."""
+    if first is None or steps < 2 or seconds <= first:
+        return {"first_step_s": first}
+    return {"first_step_s": round(first, 2), "steady_tokens_per_s": tokens * (steps - 1) / steps / (seconds - first)}
 
 
 def liger(kind: str) -> None:
@@ -280,11 +298,12 @@ def main() -> None:
         r = {}
         if torch.cuda.is_available():
             r["stock"] = run_stock(task, folder, rows, trainable, steps, batch, work / f"hf-{case}", max_length)
-        variants = {"tunelab": ("auto", "auto", None), "tunelab_packed": ("on", "off", None)}
+        variants = {"tunelab": ("auto", "off", None), "tunelab_packed": ("on", "off", None)}
         for b in filter(None, args.budgets.split(",")):
             variants[f"tunelab_b{b}"], variants[f"tunelab_packed_b{b}"] = ("off", "off", int(b)), ("on", "off", int(b))
-        if task == "sft" and compile_variant:  # train.compile: on (auto is off); classification does not compile
-            variants["tunelab_compile"] = ("on", "on", None)
+        if compile_variant:  # train.compile: on, padded (packing auto) and packed
+            variants["tunelab_compile"] = ("auto", "on", None)
+            variants["tunelab_packed_compile"] = ("on", "on", None)
         if args.liger:
             variants["tunelab_packed_liger"] = ("on", "off", None)
         for name, (packing, compile, budget) in variants.items():
@@ -298,11 +317,13 @@ def main() -> None:
         (out / "fastpath.json").write_text(json.dumps(results, indent=1))
         for k, v in r.items():
             print(f"({case}) {shape:13s} {task:14s} {trainable:4s} {k:15s} tokens/s {v['tokens_per_s']:9.0f}  MFU {100 * v['mfu']:5.1f} %  "
-                  f"peak {v['peak_gib']:6.2f} GiB  {v['seconds']:6.1f} s  last loss {v['last_loss']}", flush=True)
+                  f"peak {v['peak_gib']:6.2f} GiB  {v['seconds']:6.1f} s  first step {v.get('first_step_s')} s  "
+                  f"steady tokens/s {v.get('steady_tokens_per_s', 0):9.0f}  last loss {v['last_loss']}", flush=True)
         if "stock" in r:
             for name in (v for v in variants if v in r):
-                print(f"({case}) {name}: speed-up over stock {r[name]['tokens_per_s'] / r['stock']['tokens_per_s']:.2f}x, "
-                      f"memory {r[name]['peak_gib'] / r['stock']['peak_gib']:.2f}x", flush=True)
+                steady_ratio = r[name].get("steady_tokens_per_s", 0) / r["stock"].get("steady_tokens_per_s", float("inf"))
+                print(f"({case}) {name}: speed-up over stock {r[name]['tokens_per_s'] / r['stock']['tokens_per_s']:.2f}x "
+                      f"(steady {steady_ratio:.2f}x), memory {r[name]['peak_gib'] / r['stock']['peak_gib']:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=24)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--compile", action="store_true", help="also the packed and padded steps with compiled blocks (first steps timed apart)")
+    ap.add_argument("--only-compiled", action="store_true", help="with --compile: skip the eager variants")
     args = ap.parse_args()
     dev = torch.device("cuda")
     config = tf.Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=args.layers, num_attention_heads=14, num_key_value_heads=2,
@@ -80,9 +81,11 @@ def main() -> None:
     if args.compile:
         variants += [("tunelab_packed_varlen_compiled", varlen.NAME, packed, True), ("tunelab_padded_compiled", "sdpa", padded, True)]
     for name, attn, fn, compiled in variants:
+        if args.only_compiled and not compiled:
+            continue
         model.set_attn_implementation(attn)
         if compiled:
-            from tunelab.train.loop import compile_blocks, uncompile_blocks
+            from tunelab.train.compiling import compile_blocks, uncompile_blocks
 
             torch._dynamo.reset()
             compile_blocks(model)

@@ -149,6 +149,7 @@ class LoopResult:
     history: list[dict] = field(default_factory=list)
     step_seconds: float = 0.0  # the training steps alone: validation and checkpoint writes left out
     model: torch.nn.Module | None = field(default=None, repr=False)  # trained, best weights, plain and whole on every process
+    first_step_seconds: float | None = None  # the run's first step (compiling, kernel selection, allocator warm-up)
 
 
 def _better(metric: str, new: float, old: float | None) -> bool:
@@ -243,6 +244,7 @@ def fit(
         bar.update(1)
         bar.set_postfix(loss=f"{running[-1]:.4f}", lr=f"{lr:.2e}")
         counters["step_seconds"] = counters.get("step_seconds", 0.0) + time.perf_counter() - step_started
+        counters.setdefault("first_step_seconds", counters["step_seconds"])
 
         done = counters["step"] >= plan.total_steps
         if counters["step"] % 10 == 0 or done:
@@ -273,7 +275,7 @@ def fit(
     if evaluate is not None:
         best = ckpt.load_best(ckpt_root, plain)
     return LoopResult(counters["step"], best, counters["stopped_early"], counters["train_seconds"], plan, dist.on_main(_read_metrics, metrics_path),
-                      counters.get("step_seconds", counters["train_seconds"]), sharding.full_model(model))
+                      counters.get("step_seconds", counters["train_seconds"]), sharding.full_model(model), counters.get("first_step_seconds"))
 
 
 def _forward_backward(model, step_indices: list[int], dataset: list, collate, objective: Objective, plan: LoopPlan, sharding, accelerator):

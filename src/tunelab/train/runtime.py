@@ -126,6 +126,8 @@ def run_facts(cfg, result, n_train_tokens: int, started: float, device, precisio
         "train_seconds": round(result.train_seconds, 2),
         "total_seconds": round(time.perf_counter() - started, 2),
         "step_seconds": round(result.step_seconds, 2),
+        # the first step holds one-time costs (torch.compile, cuDNN/cuBLAS selection): the rest is the steady speed
+        "first_step_seconds": round(result.first_step_seconds, 2) if result.first_step_seconds is not None else None,
         "train_tokens_per_second": round(n_train_tokens * epochs_done / max(result.step_seconds, 1e-9), 1),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
         "device": str(device),
