@@ -112,7 +112,7 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
     # padding none (unpacked): one sequence per micro-batch, accumulated up to the configured batch size.
     plan = plan_steps(len(encoded["train"]), cfg.train, micro_batch=1 if cfg.data.padding == "none" and not packed else None,
                       lengths=[len(ids) for ids, _ in encoded["train"]])  # for train.max_tokens_per_micro_batch
-    compiled = setup_compile(cfg.train, model, device, plan.total_steps, log)
+    compiled = setup_compile(cfg.train, model, device, log)
 
     def validate(m):
         with eager(compiled):  # no gradients, other shapes: compiled blocks would recompile

@@ -249,7 +249,7 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
     train_lengths = [len(e["input_ids"]) for e in encoded["train"]]
     plan = plan_steps(len(encoded["train"]), cfg.train, micro_batch=1 if cfg.data.padding == "none" and not packing else None,
                       lengths=train_lengths)
-    compiled = setup_compile(cfg.train, model, device, plan.total_steps, log)
+    compiled = setup_compile(cfg.train, model, device, log)
     result = fit(model, encoded["train"], batch_of, SftObjective(), validate if encoded["validation"] else None, cfg.train,
                  plan, run_dir, accelerator, resume=resume, lengths=train_lengths if group else None, log=log)
     model = result.model  # plain and whole on every process, the best weights

@@ -1,13 +1,13 @@
 """torch.compile for training: whether a run compiles (`train.compile`), and compiling its blocks.
 
-    compiled = setup_compile(cfg.train, model, device, plan.total_steps, log)
+    compiled = setup_compile(cfg.train, model, device, log)
     with eager(compiled):  # validation, scoring: no gradients, no recompiles
         ...
     uncompile_blocks(model)  # before export and generation
 
 Why compile at all: on a GPU a small model's training step is bound by the host, not by the
-chip (docs/benchmarks.md: a Qwen2-0.5B SFT step took 153.6 ms of wall time for 57.8 ms of
-kernels, batch 8 of 64-1024 tokens): thousands of small kernels (norms, rotary embeddings,
+chip (docs/benchmarks.md: a packed Qwen2-0.5B SFT step took 162.9 ms of wall time for 57.8 ms
+of kernels, batch 8 of 64-1024 tokens; compiled, 106.9 ms): thousands of small kernels (norms, rotary embeddings,
 activations, autocast casts), each launched from Python. Compiling fuses them and cuts the
 Python per block.
 
@@ -18,10 +18,12 @@ embedding, the LM head and tunelab's loss (a forward hook and Python-level chunk
 eager. Dynamic shapes from the first call, so a packed row or a padded batch of a new length
 does not recompile. Parameter names do not change: checkpoints and exports are unaffected.
 
-Why `auto` depends on the run's length: compiling costs a fixed time once (tens of seconds on
-the H200) and saves a little on every step, so it pays only for runs long enough; `auto`
-compiles on CUDA when the planned steps reach `COMPILE_MIN_STEPS`, `on` always on CUDA, and a
-CPU never compiles (inductor's CPU code needs a C++ toolchain and gains little there).
+Why `auto` is off: measured on the H200 (docs/benchmarks.md), compiled blocks pay only with
+packed rows (padded batches keep recompiling) and only for classification (steady 1.49x and
+2.27x the stock path; SFT 2.13x against the eager packed path's 2.11x), after a one-time
+6-24 s compile. An `auto` that helps must switch packing on with it for long classification
+runs; until that is built, `on` compiles (CUDA only) and a CPU never compiles (inductor's CPU
+code needs a C++ toolchain and gains little there).
 """
 
 from __future__ import annotations
@@ -30,16 +32,12 @@ import contextlib
 
 import torch
 
-# `auto` compiles a CUDA run of at least this many optimizer steps. None: not yet measured, so
-# auto stays off (the measurement: docs/benchmarks.md, GPU fast path).
-COMPILE_MIN_STEPS: int | None = None
 
-
-def resolve_compile(setting: str, device_type: str, total_steps: int) -> tuple[bool, str]:
+def resolve_compile(setting: str, device_type: str) -> tuple[bool, str]:
     """`train.compile` resolved for this run, and why, in words for the log.
 
-    >>> resolve_compile("on", "cuda", 10)[0], resolve_compile("off", "cuda", 10**6)[0], resolve_compile("on", "cpu", 10**6)[0]
-    (True, False, False)
+    >>> [resolve_compile(s, d)[0] for s, d in [("on", "cuda"), ("auto", "cuda"), ("off", "cuda"), ("on", "cpu")]]
+    [True, False, False, False]
     """
     if setting == "off":
         return False, "train.compile off"
@@ -47,17 +45,13 @@ def resolve_compile(setting: str, device_type: str, total_steps: int) -> tuple[b
         return False, f"train.compile {setting}: off on {device_type} (compiling is for CUDA only)"
     if setting == "on":
         return True, "train.compile on"
-    if COMPILE_MIN_STEPS is None:
-        return False, "train.compile auto -> off (on = compile the transformer blocks)"
-    if total_steps >= COMPILE_MIN_STEPS:
-        return True, f"train.compile auto -> on ({total_steps} steps, compiling pays from {COMPILE_MIN_STEPS})"
-    return False, f"train.compile auto -> off ({total_steps} steps, compiling pays from {COMPILE_MIN_STEPS}; on = compile anyway)"
+    return False, "train.compile auto -> off (on = compile the transformer blocks; pays with packed rows)"
 
 
-def setup_compile(train_cfg, model: torch.nn.Module, device: torch.device, total_steps: int, log=print) -> bool:
+def setup_compile(train_cfg, model: torch.nn.Module, device: torch.device, log=print) -> bool:
     """Resolve `train.compile`, compile the blocks when on, and say so in one line. Returns whether
     the model's blocks are compiled (so that validation runs them eagerly: `eager`)."""
-    on, why = resolve_compile(train_cfg.compile, device.type, total_steps)
+    on, why = resolve_compile(train_cfg.compile, device.type)
     if on:
         log(f"{why}: {compile_blocks(model)} transformer blocks compiled (dynamic shapes)")
     elif train_cfg.compile != "auto" or device.type == "cuda":

@@ -243,8 +243,9 @@ def fit(
         lr = scheduler.get_last_lr()[0]
         bar.update(1)
         bar.set_postfix(loss=f"{running[-1]:.4f}", lr=f"{lr:.2e}")
-        counters["step_seconds"] = counters.get("step_seconds", 0.0) + time.perf_counter() - step_started
-        counters.setdefault("first_step_seconds", counters["step_seconds"])
+        step_took = time.perf_counter() - step_started
+        counters["step_seconds"] = counters.get("step_seconds", 0.0) + step_took
+        counters.setdefault("first_step_seconds", step_took)  # kept from the first run on a resume
 
         done = counters["step"] >= plan.total_steps
         if counters["step"] % 10 == 0 or done:
