@@ -228,14 +228,20 @@ def test_unverified_families_fall_back_to_padding():
 
 
 def test_resolve_packing_settings(model_root):
+    from tunelab.train.fastpath import classification_auto
+
     plan = _classifier(model_root, "llama").packing_plan
     lines = []
-    assert resolve_packing("auto", torch.device("cuda"), plan, lines.append) is False  # measured slower on the H200
-    assert resolve_packing("auto", torch.device("cpu"), plan, lines.append) is False
+    assert resolve_packing("auto", torch.device("cuda"), plan, lines.append) is False  # no auto choice given: off
+    assert resolve_packing("auto", torch.device("cpu"), plan, lines.append, classification_auto("cpu", None, 5000, 600.0)) is False
     assert resolve_packing("on", torch.device("cpu"), plan, lines.append) is True
     assert resolve_packing("off", torch.device("cuda"), plan, lines.append) is False
-    assert lines[0].startswith("data.packing auto -> off (cuda)") and lines[1].startswith("data.packing auto -> off (cpu)")
-    assert "block-causal" in lines[2] and lines[-1] == "data.packing off: padded micro-batches"
+    long_texts = classification_auto("cuda", None, 300, 600.0)
+    assert resolve_packing("auto", torch.device("cuda"), plan, lines.append, long_texts) is True
+    assert resolve_packing("off", torch.device("cuda"), plan, lines.append, long_texts) is False  # an explicit off wins
+    assert lines[0] == "data.packing auto -> off: padded micro-batches" and lines[1] == "data.packing auto -> off: cpu: padded micro-batches"
+    assert "block-causal" in lines[2] and lines[3] == "data.packing off: padded micro-batches"
+    assert lines[4] == "data.packing auto -> on: " + long_texts.why and "block-causal" in lines[5]
 
 
 def test_packed_run_matches_padded_run(tmp_path, spam_csv, tiny_llama):

@@ -173,6 +173,23 @@ def use_varlen(model, device: torch.device, log=print) -> bool:
     return True
 
 
+def varlen_blocker(model, device: torch.device) -> str | None:
+    """Why packed rows of this classifier cannot run on the varlen kernel here, or None when they
+    can (what `use_varlen` checks, in words for `data.packing: auto`)."""
+    from tunelab.model import varlen
+
+    family = getattr(model.config, "model_type", "")
+    if model.packing_plan.problem:
+        return model.packing_plan.problem
+    if varlen_plan(model.packing_plan, family) is None:
+        return f"varlen attention is not verified for {family}"
+    if not varlen.kernel_available(device.type):
+        return "torch's varlen attention kernel is not available"
+    if (p := varlen.attention_dropout(model.config)) > 0:
+        return f"attention dropout {p:g}, which the varlen kernel cannot apply"
+    return None
+
+
 def restore_attention(model) -> None:
     """The attention implementation and plan the model had before `use_varlen` (before export: a
     saved config must name an implementation stock transformers knows)."""
@@ -209,13 +226,13 @@ def packed_backbone_inputs(plan: PackingPlan, segment_ids: torch.Tensor, positio
     return {"attention_mask": mask, "position_ids": position_ids + plan.position_start, **extra}
 
 
-def resolve_packing(setting: str, device: torch.device, plan: PackingPlan, log=print) -> bool:
-    """data.packing (auto|on|off) with auto resolved (off for now, as the config documents: packed
-    rows measured slower than padded batches on the H200, see docs/benchmarks.md), then the
-    model's plan applied: a model that cannot be packed is padded, with a log line saying why."""
+def resolve_packing(setting: str, device: torch.device, plan: PackingPlan, log=print, auto=None) -> bool:
+    """data.packing (auto|on|off) with auto resolved by `auto` (a `tunelab.train.fastpath.AutoChoice`;
+    None = off), then the model's plan applied: a model that cannot be packed is padded, with a log
+    line saying why."""
     if setting == "auto":
-        wanted = False
-        log(f"data.packing auto -> off ({device.type}): padded micro-batches measured faster")
+        wanted = bool(auto and auto.packing)
+        log(f"data.packing auto -> {'on' if wanted else 'off'}: {auto.why if auto else 'padded micro-batches'}")
     else:
         wanted = setting == "on"
     if not wanted:

@@ -57,10 +57,11 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
     from tunelab.classify.data import load_splits
     from tunelab.classify.evaluate import evaluate_items, format_report
     from tunelab.classify.export import export_classifier
-    from tunelab.classify.frozen_cache import frozen_cache
+    from tunelab.classify.frozen_cache import frozen_cache, why_not
     from tunelab.classify.objective import ClassificationObjective, balanced_class_weights
-    from tunelab.classify.packing import resolve_packing, restore_attention, use_varlen
+    from tunelab.classify.packing import resolve_packing, restore_attention, use_varlen, varlen_blocker
     from tunelab.train.compiling import eager, setup_compile, uncompile_blocks
+    from tunelab.train.fastpath import classification_auto
     from tunelab.train.loop import fit, plan_steps
 
     run_dir, accelerator, precision, started = start_run(cfg, resume, force)
@@ -90,7 +91,13 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
 
     # data.packing: one padding-free row per micro-batch (same loss), where the model's family can
     # keep attention inside each example; otherwise padded as data.padding says.
-    packed = resolve_packing(cfg.data.packing, device, model.packing_plan, log)
+    # auto (tunelab.train.fastpath): on CUDA, packed rows for long texts or long runs, compiled with them for long runs.
+    train_lengths = [len(ids) for ids, _ in encoded["train"]]
+    cache_applies = why_not(model, cfg.train.cache_frozen, info["policy"], False, dist.world_size()) is None
+    blocker = "the frozen-prefix cache applies" if cache_applies else varlen_blocker(model, device)
+    auto = classification_auto(device.type, blocker, plan_steps(len(train_lengths), cfg.train, lengths=train_lengths).total_steps,
+                               sum(train_lengths) / len(train_lengths))
+    packed = resolve_packing(cfg.data.packing, device, model.packing_plan, log, auto)
     if packed:
         use_varlen(model, device, log)  # CUDA: no mask at all, the example boundaries instead
     if packed and cfg.data.padding != "longest":
@@ -111,8 +118,8 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
     torch.manual_seed(cfg.train.seed)
     # padding none (unpacked): one sequence per micro-batch, accumulated up to the configured batch size.
     plan = plan_steps(len(encoded["train"]), cfg.train, micro_batch=1 if cfg.data.padding == "none" and not packed else None,
-                      lengths=[len(ids) for ids, _ in encoded["train"]])  # for train.max_tokens_per_micro_batch
-    compiled = setup_compile(cfg.train, model, device, log)
+                      lengths=train_lengths)  # for train.max_tokens_per_micro_batch
+    compiled = setup_compile(cfg.train, model, device, log, auto if packed else None)
 
     def validate(m):
         with eager(compiled):  # no gradients, other shapes: compiled blocks would recompile
@@ -120,7 +127,7 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
         return {k: scores[k] for k in ("loss", "accuracy", "macro_f1")}
 
     result = fit(model, encoded["train"], collate, objective, validate if encoded["validation"] else None, cfg.train, plan, run_dir, accelerator, resume=resume,
-                 lengths=[len(ids) for ids, _ in encoded["train"]] if group else None, log=log)
+                 lengths=train_lengths if group else None, log=log)
     model = result.model  # plain and whole on every process, the best weights
     if compiled:
         uncompile_blocks(model)

@@ -18,12 +18,13 @@ embedding, the LM head and tunelab's loss (a forward hook and Python-level chunk
 eager. Dynamic shapes from the first call, so a packed row or a padded batch of a new length
 does not recompile. Parameter names do not change: checkpoints and exports are unaffected.
 
-Why `auto` is off: measured on the H200 (docs/benchmarks.md), compiled blocks pay only with
+What `auto` does: measured on the H200 (docs/benchmarks.md), compiled blocks pay only with
 packed rows (padded batches keep recompiling) and only for classification (steady 1.49x and
 2.27x the stock path; SFT 2.13x against the eager packed path's 2.11x), after a one-time
-6-24 s compile. An `auto` that helps must switch packing on with it for long classification
-runs; until that is built, `on` compiles (CUDA only) and a CPU never compiles (inductor's CPU
-code needs a C++ toolchain and gains little there).
+6-24 s compile. So auto compiles a classification run on CUDA together with packed rows when it
+is long enough to pay the compile back (`tunelab.train.fastpath`), and never an SFT run; `on`
+compiles (CUDA only) and a CPU never compiles (inductor's CPU code needs a C++ toolchain and
+gains little there).
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ import contextlib
 import torch
 
 
-def resolve_compile(setting: str, device_type: str) -> tuple[bool, str]:
-    """`train.compile` resolved for this run, and why, in words for the log.
+def resolve_compile(setting: str, device_type: str, auto=None) -> tuple[bool, str]:
+    """`train.compile` resolved for this run, and why, in words for the log; `auto` is the run's
+    `tunelab.train.fastpath.AutoChoice` (None: auto is off).
 
     >>> [resolve_compile(s, d)[0] for s, d in [("on", "cuda"), ("auto", "cuda"), ("off", "cuda"), ("on", "cpu")]]
     [True, False, False, False]
@@ -45,13 +47,16 @@ def resolve_compile(setting: str, device_type: str) -> tuple[bool, str]:
         return False, f"train.compile {setting}: off on {device_type} (compiling is for CUDA only)"
     if setting == "on":
         return True, "train.compile on"
-    return False, "train.compile auto -> off (on = compile the transformer blocks; pays with packed rows)"
+    if auto is not None and auto.compile:
+        return True, f"train.compile auto -> on: {auto.why}"
+    return False, f"train.compile auto -> off: {auto.why if auto else 'on = compile the transformer blocks; pays with packed rows'}"
 
 
-def setup_compile(train_cfg, model: torch.nn.Module, device: torch.device, log=print) -> bool:
-    """Resolve `train.compile`, compile the blocks when on, and say so in one line. Returns whether
-    the model's blocks are compiled (so that validation runs them eagerly: `eager`)."""
-    on, why = resolve_compile(train_cfg.compile, device.type)
+def setup_compile(train_cfg, model: torch.nn.Module, device: torch.device, log=print, auto=None) -> bool:
+    """Resolve `train.compile` (`auto`: see `resolve_compile`), compile the blocks when on, and say
+    so in one line. Returns whether the model's blocks are compiled (so that validation runs them
+    eagerly: `eager`)."""
+    on, why = resolve_compile(train_cfg.compile, device.type, auto)
     if on:
         log(f"{why}: {compile_blocks(model)} transformer blocks compiled (dynamic shapes)")
     elif train_cfg.compile != "auto" or device.type == "cuda":

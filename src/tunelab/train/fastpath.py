@@ -1,0 +1,63 @@
+"""What `auto` means for the GPU fast path's two switches, `data.packing` and `train.compile`.
+
+One home for the rule, so the log, the config's documentation and the tests say the same thing.
+Measured on the H200 (docs/benchmarks.md, issue 15; random-init real shapes, bf16, one run each
+side by side with the stock path):
+
+- Classification, packed rows on torch's varlen kernel against padded batches: 1.10-1.28x for a
+  Qwen2-0.5B shape on texts of 128-1024 tokens (three runs), 0.85x for SmolLM2-135M on texts of
+  10-120 tokens: packing alone pays for long texts only. Hence PACK_MIN_MEAN_TOKENS, between the
+  two measured means (576 and 65 tokens).
+- Classification, packed rows with compiled blocks, without the first step (the one-time compile,
+  6-24 s): 46,012 tokens/s against padded 33,302 (Qwen2-0.5B, long texts) and 20,100 against
+  14,149 (SmolLM2-135M, short texts), about 1.4x either way, so the compile is paid back after
+  roughly 600 and 200 steps. Hence COMPILE_MIN_STEPS, above both.
+- SFT: packed against padded 0.88-1.19x over four runs (noise), and compiled blocks no faster than
+  eager packed rows: auto leaves both off (packing stays the memory lever it is when asked for).
+
+Neither switch applies on a CPU; packing also yields to the frozen-prefix cache (which feeds
+padded batches and saves far more: the frozen blocks run once), and needs the varlen kernel (a
+packed row under a dense mask is slower than padding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PACK_MIN_MEAN_TOKENS = 256
+COMPILE_MIN_STEPS = 1000
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    """What `auto` resolves to for one run: pack, compile, and why, in words for the log."""
+
+    packing: bool
+    compile: bool
+    why: str
+
+
+def classification_auto(device_type: str, blocker: str | None, steps: int, mean_tokens: float) -> AutoChoice:
+    """`auto` for a classification run: `blocker` is why packed rows cannot run fast here (no varlen
+    kernel, attention dropout, the frozen-prefix cache applies), None when they can; `steps` the
+    planned optimizer steps; `mean_tokens` the mean training text length in tokens.
+
+    >>> classification_auto("cuda", None, 2000, 60.0).compile, classification_auto("cuda", None, 300, 600.0).packing
+    (True, True)
+    >>> classification_auto("cuda", None, 300, 60.0).packing, classification_auto("cpu", None, 5000, 600.0).packing
+    (False, False)
+    """
+    if device_type != "cuda":
+        return AutoChoice(False, False, f"{device_type}: padded micro-batches")
+    if blocker:
+        return AutoChoice(False, False, f"padded micro-batches ({blocker})")
+    if steps >= COMPILE_MIN_STEPS:
+        return AutoChoice(True, True, f"packed rows and compiled blocks ({steps} steps >= {COMPILE_MIN_STEPS}: the one-time compile pays)")
+    if mean_tokens >= PACK_MIN_MEAN_TOKENS:
+        return AutoChoice(True, False, f"packed rows (texts of {mean_tokens:.0f} tokens on average >= {PACK_MIN_MEAN_TOKENS}; "
+                                       f"{steps} steps < {COMPILE_MIN_STEPS}: no compile)")
+    return AutoChoice(False, False, f"padded micro-batches (texts of {mean_tokens:.0f} tokens on average < {PACK_MIN_MEAN_TOKENS} "
+                                    f"and {steps} steps < {COMPILE_MIN_STEPS})")
+
+
+SFT_AUTO = AutoChoice(False, False, "padded micro-batches (for SFT packed rows measured within noise of padded ones on the H200)")
