@@ -287,6 +287,47 @@ def test_completions_stop_strings_and_length(client):
     assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]) == "Pa"
 
 
+def test_requests_decoded_together_get_the_answers_they_get_alone(served):
+    """Batched decoding: prompts of different lengths (left padding), each request's own
+    max_tokens and stop strings, streaming per request; every answer equals the one it gets alone."""
+    gen = served["chat"].model
+
+    def prep(question, **settings):
+        base = {"max_tokens": None, "temperature": 0, "top_p": None, "seed": None, "stop": []}
+        return gen.prepare(gen.chat_messages(ask(question)), **{**base, **settings})
+
+    preps = [prep(FACTS[0][0]), prep(FACTS[1][0]), prep(FACTS[1][0], max_tokens=1), prep(FACTS[1][0], stop=["ri"])]
+    assert len({len(p.prompt) for p in preps}) > 1  # the batch is padded
+    alone = [gen.decode(p) for p in preps]
+    deltas = [[] for _ in preps]
+    together = gen.decode_many([(p, d.append, None) for p, d in zip(preps, deltas)])
+    assert [c.text for c in alone] == ["3년 이내", "Paris", alone[2].text, "Pa"]
+    assert together == alone
+    assert [c.finish_reason for c in together] == ["stop", "stop", "length", "stop"] and together[2].completion_tokens == 1
+    assert ["".join(d) for d in deltas] == [c.text for c in together]
+    assert all("\ufffd" not in piece for d in deltas for piece in d)
+
+
+def test_sampled_answers_with_a_seed_do_not_depend_on_batch_mates(served):
+    gen = served["chat"].model
+    settings = {"max_tokens": 8, "temperature": 1.5, "top_p": 0.95, "stop": []}
+    mine = gen.prepare(gen.chat_messages(ask(FACTS[1][0])), seed=3, **settings)
+    other = gen.prepare(gen.chat_messages(ask(FACTS[0][0])), seed=4, **settings)
+    alone = gen.decode(mine)
+    assert gen.decode(mine) == alone  # a seed repeats
+    assert gen.decode_many([(other, None, None), (mine, None, None)])[1] == alone
+
+
+def test_a_cancelled_request_stops_while_its_batch_mate_goes_on(served):
+    gen = served["chat"].model
+    cancelled = threading.Event()
+    cancelled.set()
+    long = {"max_tokens": 12, "temperature": 1.0, "top_p": None, "seed": 0, "stop": []}
+    a, b = (gen.prepare(gen.chat_messages(ask(q)), **long) for q, _ in FACTS)
+    gone, kept = gen.decode_many([(a, None, cancelled), (b, None, None)])
+    assert gone.completion_tokens == 1 and kept == gen.decode(b)
+
+
 def test_visible_text_holds_back_half_characters_and_stop_prefixes():
     assert visible("3년 이\ufffd", [], final=False) == "3년 이"
     assert visible("Paris\n[Qu", ["\n[Question]"], final=False) == "Paris"

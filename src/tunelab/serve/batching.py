@@ -10,9 +10,9 @@ future gets its own result. A job that gave up (timeout, client gone) before its
 is skipped; a running one sees `job.cancelled` set. `stop()` lets the jobs already queued finish
 (a SIGTERM drains instead of dropping them).
 
-Classification jobs are batched this way. Generation uses the same class with
-max_batch_size=1: one request decodes at a time (a serialised worker, the queue bounding the
-wait), not batched decoding of concurrent requests, which is left for later.
+Classification jobs (their texts) and generation jobs (decoded together by
+`tunelab.sft.batch_decode`) are both batched this way; a generation batch runs until its last
+request is done, and requests arriving meanwhile wait in the queue for the next one.
 """
 
 from __future__ import annotations

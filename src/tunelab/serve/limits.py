@@ -14,8 +14,8 @@ class Limits:
     max_inputs: int = 256  # texts in one /v1/classify request
     timeout_s: float = 60.0  # per request, queue wait included: a 504 after it
     max_queue: int = 64  # waiting requests per run; beyond it a 503 with Retry-After
-    max_batch_size: int = 32  # texts classified together
-    max_wait_ms: float = 5.0  # how long a classification batch waits to fill
+    max_batch_size: int = 32  # texts classified together, or generation requests decoded together
+    max_wait_ms: float = 5.0  # how long a batch waits to fill
     retry_after_s: int = 1
 
 

@@ -79,7 +79,8 @@ def load_runs(runs: list[str], loaders: dict, device: str | None = None, dtype: 
 
 
 def batcher_for(run: Served, limits: Limits, on_batch=None) -> Batcher:
-    """Classification: texts of concurrent requests batched together. SFT: one request at a time."""
+    """Concurrent requests batched together, up to `max_batch_size` after at most `max_wait_ms`:
+    classification their texts, SFT their decoding (`tunelab.sft.batch_decode`)."""
     if run.task == "classification":
         clf = run.model
 
@@ -91,6 +92,7 @@ def batcher_for(run: Served, limits: Limits, on_batch=None) -> Batcher:
         return Batcher(run.name, classify, max_batch_size=limits.max_batch_size, max_wait_s=limits.max_wait_ms / 1000,
                        max_queue=limits.max_queue, on_batch=on_batch)
     def generate(jobs: list[Job]) -> list:
-        return [run.model.decode(j.payload, j.emit, j.cancelled) for j in jobs]
+        return run.model.decode_many([(j.payload, j.emit, j.cancelled) for j in jobs])
 
-    return Batcher(run.name, generate, max_batch_size=1, max_wait_s=0, max_queue=limits.max_queue, on_batch=on_batch)
+    return Batcher(run.name, generate, max_batch_size=limits.max_batch_size, max_wait_s=limits.max_wait_ms / 1000,
+                   max_queue=limits.max_queue, on_batch=on_batch)

@@ -5,9 +5,10 @@
     done = gen.decode(prep, emit=print)      # emit gets text deltas; done.text is the answer
 
 Built from the pieces of `tunelab.sft.generate` (the run's template via `encode_prompt`, its stop
-tokens, a GenerationConfig with every knob set, the cut at stop strings and the same final
-clean-up), so a greedy answer is the one `tunelab generate` gives (tested). What is added: the
-request's own stop strings, a streamer, and a stop when the request is cancelled.
+tokens, its decoding settings, the cut at stop strings and the same final clean-up), so a greedy
+answer is the one `tunelab generate` gives (tested). What is added: the request's own stop
+strings, streaming, a stop when the request is cancelled, and requests decoded together
+(`tunelab.sft.batch_decode`, which runs the decoding loop for one request or several).
 
 Streamed deltas are always whole characters: the generated ids are decoded as a whole after each
 token and only the part that cannot change any more is sent: a byte-level vocabulary can end on
@@ -19,13 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from tunelab.errors import TunelabError
+from tunelab.sft.batch_decode import decode_batch
 from tunelab.sft.formats import row_to_messages
-from tunelab.sft.generate import decoding_settings, generation_config, stop_token_ids, trim_at_stop
+from tunelab.sft.generate import decoding_settings, trim_at_stop
 from tunelab.sft.tokenize import encode, encode_prompt
 
 
@@ -128,43 +128,13 @@ class TextStream(BaseStreamer):
         pass
 
 
-class Cancelled(StoppingCriteria):
-    """Stop decoding once the request has gone (timeout, client disconnected)."""
-
-    def __init__(self, event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-@torch.no_grad()
 def decode(lm, prep: Prepared, emit=None, cancelled=None) -> Completion:
-    """Generate one answer (batch of one, so no padding); `emit(delta)` streams it."""
-    tokenizer, s = lm.tokenizer, prep.settings
-    stop_ids = stop_token_ids(lm.template, tokenizer)
-    cfg = generation_config(tokenizer, stop_ids, max_new_tokens=s["max_new_tokens"], do_sample=s["do_sample"],
-                            temperature=s["temperature"], top_p=s["top_p"], stop_strings=prep.stops)
-    if s["do_sample"] and s.get("seed") is not None:
-        torch.manual_seed(s["seed"])  # one request decodes at a time, so the global generator is ours
-    device = next(lm.model.parameters()).device
-    ids = torch.tensor([prep.prompt], dtype=torch.long, device=device)  # (1, T)
-    stream = TextStream(tokenizer, stop_ids, prep.stops, emit)
-    criteria = StoppingCriteriaList([Cancelled(cancelled)]) if cancelled is not None else None
-    out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=cfg,
-                            tokenizer=tokenizer, streamer=stream, stopping_criteria=criteria)  # (1, T + new)
-    stream.ids = out[0, ids.shape[1]:].tolist()
-    raw = stream.text()
-    text = visible(raw, prep.stops, final=True)
-    if emit is not None:
-        stream.send(text)
-    stopped = any(t in stop_ids for t in stream.ids) or trim_at_stop(raw, prep.stops) != raw
-    finish = "length" if len(stream.ids) >= s["max_new_tokens"] and not stopped else "stop"
-    return Completion(text, finish, len(prep.prompt), len(stream.ids))
+    """Generate one answer; `emit(delta)` streams it (a batch of one of `decode_batch`)."""
+    return decode_batch(lm, [(prep, emit, cancelled)])[0]
 
 
 class Generator:
-    """An SFT run that answers requests one at a time (the server's `sft` backend)."""
+    """An SFT run that answers requests (the server's `sft` backend), alone or several together."""
 
     def __init__(self, lm):
         self.lm, self.model, self.meta = lm, lm.model, lm.meta
@@ -177,6 +147,10 @@ class Generator:
 
     def decode(self, prep: Prepared, emit=None, cancelled=None) -> Completion:
         return decode(self.lm, prep, emit, cancelled)
+
+    def decode_many(self, requests: list[tuple]) -> list[Completion]:
+        """(prepared, emit, cancelled) tuples decoded in one batch (`decode_batch`)."""
+        return decode_batch(self.lm, requests)
 
 
 def load_generator(run, device: str | None = None) -> Generator:
