@@ -22,7 +22,8 @@ from tunelab.serve.app import create_app
 from tunelab.serve.batching import Batcher
 from tunelab.serve.limits import Limits
 from tunelab.serve.runs import load_runs
-from tunelab.sft.stream import load_generator, visible
+from tunelab.sft.stream import load_generator
+from tunelab.sft.textstream import visible
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

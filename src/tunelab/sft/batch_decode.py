@@ -14,7 +14,7 @@ Per row: greedy, or sampling as `generation_config` sets it (temperature, then t
 tokens whose probability reaches top_p), with a generator of its own when the request gives a seed
 (so its sampled answer does not depend on its batch mates); the run's stop tokens, its text stop
 strings and the request's; cancellation (timeout, client gone). Streaming and the final text go
-through `stream.TextStream` and `stream.visible`, as for one request, so every delta is whole
+through `textstream.TextStream` and `textstream.visible`, as for one request, so every delta is whole
 characters and the deltas join to the final text. A batch of one runs the forward passes
 `model.generate` would (tested: the same greedy tokens as `tunelab generate`); in a padded batch
 the float sums may differ in their last bits, as they do in `tunelab generate`'s own batches.
@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from tunelab.sft.generate import left_pad, stop_token_ids, trim_at_stop
+from tunelab.sft.textstream import Completion, TextStream, visible
 
 
 class Row:
@@ -73,9 +74,7 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float) -> to
 @torch.no_grad()
 def decode_batch(lm, requests: list[tuple]) -> list:
     """Answer (prepared request, emit or None, cancelled event or None) tuples together; returns
-    one `stream.Completion` per request, in order."""
-    from tunelab.sft.stream import TextStream
-
+    one `textstream.Completion` per request, in order."""
     tokenizer, model = lm.tokenizer, lm.model
     stop_ids = stop_token_ids(lm.template, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
@@ -108,8 +107,6 @@ def decode_batch(lm, requests: list[tuple]) -> list:
 
 def finish(row: Row, stop_ids: list[int]):
     """The row's Completion: the final visible text (its last delta streamed), why it stopped."""
-    from tunelab.sft.stream import Completion, visible
-
     stream, prep = row.stream, row.prep
     raw = stream.text()
     text = visible(raw, prep.stops, final=True)
