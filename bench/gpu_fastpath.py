@@ -1,6 +1,6 @@
 """The GPU fast path against the stock Hugging Face path, side by side on identical rows, in one run.
 
-    python bench/gpu_fastpath.py --out OUT [--cases a,b,c,d,e] [--tiny] [--compile] [--liger] [--budgets 2048,4096]
+    python bench/gpu_fastpath.py --out OUT [--cases a,b,c,d,e] [--tiny] [--compile] [--auto] [--liger] [--budgets 2048,4096]
 
 Cases (issue 15), random-init models of real shapes, bf16:
   (a) full SFT, Qwen2-0.5B shape, batch 8, prompt+answer 64-1024 tokens
@@ -9,8 +9,9 @@ Cases (issue 15), random-init models of real shapes, bf16:
   (d) SmolLM2-135M classification, batch 32, lengths 10-120
   (e) Qwen2-0.5B classification, batch 8, lengths 128-1024
 Each case runs (1) the stock path: transformers Trainer (+ PEFT for LoRA), SDPA, dynamic padding
-to the longest in the batch; (2) `tunelab train` in process with its defaults (padded micro-batches,
-fused AdamW, chunked LM-head loss); (3) the same with data.packing on (padding-free rows; on CUDA
+to the longest in the batch; (2) `tunelab train` in process with padded micro-batches (data.packing
+off, train.compile off; fused AdamW, chunked LM-head loss); with --auto, also both switches on auto
+(the defaults, `tunelab.train.fastpath`); (3) the same with data.packing on (padding-free rows; on CUDA
 varlen attention, `tunelab.model.varlen`); (4) with --compile, padded and packed also with train.compile
 on (SFT and classification); (5) with --liger, packed again after Liger-Kernel's Triton RMSNorm, RoPE and SwiGLU replaced the
 model's own (an experiment: is the step launch-bound enough that fused kernels pay?); (6) with
@@ -273,7 +274,9 @@ def main() -> None:
     ap.add_argument("--steps-sft", type=int, default=60)
     ap.add_argument("--steps-cls", type=int, default=150)
     ap.add_argument("--tiny", action="store_true", help="tiny shapes, few steps: check the script on a CPU")
-    ap.add_argument("--compile", action="store_true", help="SFT cases: also run with train.compile on")
+    ap.add_argument("--compile", action="store_true", help="also run with train.compile on")
+    ap.add_argument("--variants", default="", help="only these tunelab variants, comma-separated (default: all asked for)")
+    ap.add_argument("--auto", action="store_true", help="also run with data.packing and train.compile auto (the defaults)")
     ap.add_argument("--liger", action="store_true", help="also run packed with Liger-Kernel's fused norm/rope/swiglu (if installed)")
     ap.add_argument("--budgets", default="", help="comma-separated train.max_tokens_per_micro_batch values: padded and packed runs with each")
     args = ap.parse_args()
@@ -298,14 +301,18 @@ def main() -> None:
         r = {}
         if torch.cuda.is_available():
             r["stock"] = run_stock(task, folder, rows, trainable, steps, batch, work / f"hf-{case}", max_length)
-        variants = {"tunelab": ("auto", "off", None), "tunelab_packed": ("on", "off", None)}
+        variants = {"tunelab": ("off", "off", None), "tunelab_packed": ("on", "off", None)}
+        if args.auto:  # what a user gets without setting either switch (tunelab.train.fastpath)
+            variants["tunelab_auto"] = ("auto", "auto", None)
         for b in filter(None, args.budgets.split(",")):
             variants[f"tunelab_b{b}"], variants[f"tunelab_packed_b{b}"] = ("off", "off", int(b)), ("on", "off", int(b))
-        if compile_variant:  # train.compile: on, padded (packing auto) and packed
-            variants["tunelab_compile"] = ("auto", "on", None)
+        if compile_variant:  # train.compile: on, padded and packed
+            variants["tunelab_compile"] = ("off", "on", None)
             variants["tunelab_packed_compile"] = ("on", "on", None)
         if args.liger:
             variants["tunelab_packed_liger"] = ("on", "off", None)
+        if args.variants:  # e.g. --variants tunelab,tunelab_auto: only these (the stock path always runs)
+            variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
         for name, (packing, compile, budget) in variants.items():
             try:
                 if name.endswith("_liger"):

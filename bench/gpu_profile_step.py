@@ -115,6 +115,10 @@ def main() -> None:
         if not compiled:
             r["sync_sites"] = sync_sites(fn, batches[0], opt)
         else:
+            try:
+                r["item_stacks"] = item_stacks(fn, batches[1], opt)
+            except Exception as err:
+                r["item_stacks_error"] = repr(err)[:300]
             uncompile_blocks(model)
         report[name] = r
         torch.cuda.reset_peak_memory_stats()
@@ -178,6 +182,41 @@ def sync_sites(fn, batch, opt) -> dict:
         torch.cuda.set_sync_debug_mode("default")
         warnings.showwarning = old
     return sites
+
+
+def item_stacks(fn, batch, opt, depth: int = 8) -> list:
+    """Where a compiled step reads tensor values on the host (`aten::item` and its kernel
+    `_local_scalar_dense`; sync debug mode does not see these inside compiled code): the Python
+    stack of each such call from the profiler's Python tracer, innermost frames first, with the
+    source line of each frame whose file path is absolute (generated inductor code included),
+    grouped and counted."""
+    import linecache
+    import re
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], with_stack=True) as prof:
+        with torch.autocast("cuda", torch.bfloat16):
+            loss = fn(batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    groups: dict[tuple, int] = {}
+    for e in prof.events():
+        if e.name != "aten::item":
+            continue
+        frames, parent = [], e.cpu_parent
+        while parent is not None and len(frames) < depth:  # the Python tracer's frames are the op's parents
+            m = re.match(r"(.+)\((\d+)\): (.+)", parent.name)
+            if m:
+                path = m.group(1) if m.group(1).startswith("/") else ""
+                line = linecache.getline(path, int(m.group(2))).strip()[:100] if path else ""
+                frames.append(f"{parent.name[-110:]} | {line}")
+            parent = parent.cpu_parent
+        groups[tuple(frames)] = groups.get(tuple(frames), 0) + 1
+    return [{"count": n, "stack": list(k)} for k, n in sorted(groups.items(), key=lambda kv: -kv[1])[:8]]
 
 
 # Host calls that block until the GPU has caught up: each one drains the launch queue.

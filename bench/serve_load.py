@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -51,13 +52,15 @@ def free_port() -> int:
 
 
 class Server:
-    """`tunelab serve RUN ...` in a child process, ready when /health answers."""
+    """`tunelab serve RUN ...` in a child process, ready when /health answers (within `wait_s`);
+    its stderr goes to the file `log` if given."""
 
-    def __init__(self, run: Path, *flags: str):
-        self.port = free_port()
-        self.proc = subprocess.Popen([*TUNELAB, "serve", str(run), "--port", str(self.port), "--device", "cpu", *flags], cwd=ROOT,
-                                     env={**os.environ, "TUNELAB_API_KEY": KEY}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 180
+    def __init__(self, run: Path, *flags: str, device: str = "cpu", wait_s: float = 180, log: Path | None = None):
+        self.port, self.log = free_port(), log
+        self.proc = subprocess.Popen([*TUNELAB, "serve", str(run), "--port", str(self.port), "--device", device, *flags], cwd=ROOT,
+                                     env={**os.environ, "TUNELAB_API_KEY": KEY}, stdout=subprocess.DEVNULL,
+                                     stderr=log.open("w") if log else subprocess.DEVNULL)
+        deadline = time.time() + wait_s
         while time.time() < deadline:
             try:
                 if request(self.port, "GET", "/health", None)[0] == 200:
@@ -65,9 +68,13 @@ class Server:
             except OSError:
                 pass
             if self.proc.poll() is not None:
-                sys.exit(f"tunelab serve {run} exited with {self.proc.returncode}")
+                sys.exit(f"tunelab serve {run} exited with {self.proc.returncode}{self.log_tail()}")
             time.sleep(0.5)
-        sys.exit("the server did not answer /health within 180 s")
+        self.proc.terminate()
+        sys.exit(f"the server did not answer /health within {wait_s:g} s{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        return f":\n{self.log.read_text()[-2000:]}" if self.log and self.log.is_file() else ""
 
     def __enter__(self):
         return self
@@ -108,33 +115,35 @@ def classify_load(port: int, texts: list[str], concurrency: int) -> dict:
             "p50_ms": 1e3 * statistics.median(latencies), "p99_ms": 1e3 * percentile(latencies, 0.99), "wall_s": wall}
 
 
-def chat_one(port: int, question: str) -> tuple[bool, float, float, int]:
-    """(ok, time to first content, total time, content chunks) of one streamed chat request."""
+def chat_one(port: int, question: str) -> tuple[str, float, float, int]:
+    """(outcome: "ok" or what went wrong, time to first content, total time, content chunks) of one
+    streamed chat request."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    start, first, chunks, done = time.perf_counter(), None, 0, False
+    start, first, chunks, outcome = time.perf_counter(), None, 0, "stream ended without [DONE]"
     try:
         conn.request("POST", "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
                      body=json.dumps({"messages": [{"role": "user", "content": question}], "stream": True, "temperature": 0, "max_tokens": 32}))
         r = conn.getresponse()
         if r.status != 200:
-            return False, 0.0, time.perf_counter() - start, 0
+            return f"HTTP {r.status}", 0.0, time.perf_counter() - start, 0
         for line in r:
             line = line.strip()
             if not line.startswith(b"data: "):
                 continue
             data = line[6:]
             if data == b"[DONE]":
-                done = True
+                outcome = "ok" if outcome == "stream ended without [DONE]" else outcome
                 break
             event = json.loads(data)
-            if "choices" not in event:  # an error event (e.g. the request's timeout) ends the stream unfinished
-                break
+            if "choices" not in event:  # an error event (e.g. the request's timeout): the stream is unfinished
+                outcome = f"error event: {event.get('error', {}).get('code') or event.get('error', {}).get('message')}"
+                continue
             if event["choices"][0]["delta"].get("content"):
                 chunks += 1
                 first = first or time.perf_counter() - start
     finally:
         conn.close()
-    return done, first or 0.0, time.perf_counter() - start, chunks
+    return outcome, first or 0.0, time.perf_counter() - start, chunks
 
 
 def chat_load(port: int, questions: list[str], concurrency: int) -> dict:
@@ -142,8 +151,9 @@ def chat_load(port: int, questions: list[str], concurrency: int) -> dict:
     with ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(lambda q: chat_one(port, q), questions))
     wall = time.perf_counter() - start
-    firsts = [f for ok, f, _, n in results if ok and n]
-    return {"requests": len(questions), "errors": sum(not ok for ok, *_ in results), "requests_per_s": len(questions) / wall,
+    firsts = [f for outcome, f, _, n in results if outcome == "ok" and n]
+    failures = Counter(outcome for outcome, *_ in results if outcome != "ok")
+    return {"requests": len(questions), "errors": sum(failures.values()), "error_kinds": dict(failures), "requests_per_s": len(questions) / wall,
             "tokens_per_s": sum(n for *_, n in results) / wall, "ttft_p50_ms": 1e3 * statistics.median(firsts),
             "ttft_p99_ms": 1e3 * percentile(firsts, 0.99), "p50_ms": 1e3 * statistics.median(t for _, _, t, _ in results), "wall_s": wall}
 
@@ -171,27 +181,46 @@ def main() -> None:
     ap.add_argument("--cls-requests", type=int, default=10000, help="requests against the MiniLM classifier, per case")
     ap.add_argument("--demo-requests", type=int, default=1000, help="requests against the demo's SmolLM2 classifier, per case")
     ap.add_argument("--chat-requests", type=int, default=200)
+    ap.add_argument("--cases", default="classify,chat", help="which of classify and chat to run")
+    ap.add_argument("--timeout", type=float, help="the server's per-request timeout in seconds (default: the server's)")
     ap.add_argument("--out", default="bench/results/serve-load")
     args = ap.parse_args()
-    results, out = {}, ROOT / args.out
+    results, out, cases = {}, ROOT / args.out, args.cases.split(",")
+    out_file = out / "results.json"
+    if out_file.exists():  # a run of some cases keeps the others' figures
+        results = json.loads(out_file.read_text())
     with tempfile.TemporaryDirectory(prefix="tunelab-serve-load-") as scratch:
         runs = Path(scratch)
-        cli("train", "configs/spam-smollm2.yaml", "model.name=asset:minilm-l6", "model.pooling=mean", "model.trainable=all",
+        if "classify" in cases:
+            classify_cases(runs, args, results, out)
+        if "chat" in cases:
+            chat_case(runs, args, results, out)
+
+
+def classify_cases(runs: Path, args, results: dict, out: Path) -> None:
+    cli("train", "configs/spam-smollm2.yaml", "model.name=asset:minilm-l6", "model.pooling=mean", "model.trainable=all",
             f"output_dir={runs / 'minilm'}", "train.max_steps=20")
-        cli("train", "configs/spam-smollm2.yaml", f"output_dir={runs / 'demo'}", "train.max_steps=20")
-        for run, n in (("minilm", args.cls_requests), ("demo", args.demo_requests)):
-            texts = spam_texts(n)
-            for batching, flags in (("batching on", ()), ("batching off", ("--max-batch-size", "1"))):
-                with Server(runs / run, *flags) as server:
-                    r = classify_load(server.port, texts, 64)
-                show(f"classify {run}, {batching}, concurrency 64", r, results, out)
-        cli("train", "configs/sft-smollm2-alpaca.yaml", f"output_dir={runs / 'chat'}", "data.max_rows=60", "train.max_steps=2",
-            "sft.generation.max_rows=1")
-        questions = [f"Question {i}: what is a good name for a pet {animal}?" for i, animal in
-                     enumerate(random.Random(0).choices(["cat", "dog", "fish", "bird", "rabbit"], k=args.chat_requests))]
-        with Server(runs / "chat") as server:
-            r = chat_load(server.port, questions, 16)
-        show("chat smollm2, stream, concurrency 16", r, results, out)
+    cli("train", "configs/spam-smollm2.yaml", f"output_dir={runs / 'demo'}", "train.max_steps=20")
+    for run, n in (("minilm", args.cls_requests), ("demo", args.demo_requests)):
+        texts = spam_texts(n)
+        for batching, flags in (("batching on", ()), ("batching off", ("--max-batch-size", "1"))):
+            with Server(runs / run, *flags, *timeout_flag(args)) as server:
+                r = classify_load(server.port, texts, 64)
+            show(f"classify {run}, {batching}, concurrency 64", r, results, out)
+
+
+def chat_case(runs: Path, args, results: dict, out: Path) -> None:
+    cli("train", "configs/sft-smollm2-alpaca.yaml", f"output_dir={runs / 'chat'}", "data.max_rows=60", "train.max_steps=2",
+        "sft.generation.max_rows=1")
+    questions = [f"Question {i}: what is a good name for a pet {animal}?" for i, animal in
+                 enumerate(random.Random(0).choices(["cat", "dog", "fish", "bird", "rabbit"], k=args.chat_requests))]
+    with Server(runs / "chat", *timeout_flag(args)) as server:
+        r = chat_load(server.port, questions, 16)
+    show("chat smollm2, stream, concurrency 16", r, results, out)
+
+
+def timeout_flag(args) -> tuple[str, ...]:
+    return ("--timeout", str(args.timeout)) if args.timeout else ()
 
 
 if __name__ == "__main__":
