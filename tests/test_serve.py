@@ -393,3 +393,34 @@ def test_command_defaults_are_safe_and_bad_runs_are_named(tmp_path, cls_run, cap
     assert f"{tmp_path / 'empty'}: no trained model here" in capsys.readouterr().err
     assert main(["serve", str(cls_run), str(cls_run / "model")]) == 2
     assert "two runs are named 'spam'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_decoding_together_matches_generate_per_family(arch):
+    """Left padding, positions and the KV cache (Gemma 3's sliding window of 16 included, with
+    prompts longer than it) in the batched loop give `tunelab generate`'s greedy tokens."""
+    import types
+
+    import transformers as tf
+    from tests.helpers import tiny_config
+
+    from tunelab.sft.batch_decode import decode_batch
+    from tunelab.sft.generate import generate
+    from tunelab.sft.stream import prepare
+    from tunelab.sft.templates import build_template
+
+    tok = tiny_tokenizer()
+    config = tiny_config(arch, len(tok))
+    config.pad_token_id, config.eos_token_id = tok.pad_token_id, tok.eos_token_id
+    config.initializer_range = {"llama": 0.2, "qwen2": 0.2, "gemma3": 0.02}[arch]  # random weights that write text, not only specials
+    torch.manual_seed(3)
+    model = tf.AutoModelForCausalLM.from_config(config).eval()
+    lm = types.SimpleNamespace(model=model, tokenizer=tok, template=build_template("chat", tok, system="Be brief."), meta={})
+    questions = ["Hi", "What is the capital of France and why is it there?", "보험금 청구 기한은 어떻게 되나요? 자세히 알려 주세요."]
+    preps = [prepare(lm, ask(q), max_tokens=10, temperature=0, top_p=None, seed=None, stop=[]) for q in questions]
+    assert max(len(p.prompt) for p in preps) > 16 > 0 and len({len(p.prompt) for p in preps}) == 3
+    together = decode_batch(lm, [(p, None, None) for p in preps])
+    assert all(len(done.text) >= 3 for done in together), together  # real text to compare
+    for q, p, done in zip(questions, preps, together):
+        assert done.text == generate(model, tok, lm.template, [ask(q)], max_new_tokens=10, batch_size=1)[0]
+        assert done == decode_batch(lm, [(p, None, None)])[0]
