@@ -18,6 +18,8 @@ def test_auto_packs_long_texts_and_compiles_long_runs_on_cuda_only():
     assert (long_texts.packing, long_texts.compile) == (True, False)
     short = classification_auto("cuda", None, COMPILE_MIN_STEPS - 1, PACK_MIN_MEAN_TOKENS - 1)
     assert (short.packing, short.compile) == (False, False) and "on average" in short.why
+    lora = classification_auto("cuda", None, COMPILE_MIN_STEPS, 40.0, policy="lora")
+    assert (lora.packing, lora.compile) == (True, False) and "compile measured for all only" in lora.why
     for choice in (classification_auto("cpu", None, 10 * COMPILE_MIN_STEPS, 900.0),
                    classification_auto("cuda", "the frozen-prefix cache applies", 10 * COMPILE_MIN_STEPS, 900.0)):
         assert (choice.packing, choice.compile) == (False, False)

@@ -15,7 +15,8 @@ side by side with the stock path):
 - SFT: packed against padded 0.88-1.19x over four runs (noise), and compiled blocks no faster than
   eager packed rows: auto leaves both off (packing stays the memory lever it is when asked for).
 
-Neither switch applies on a CPU; packing also yields to the frozen-prefix cache (which feeds
+Compiled blocks were measured with every layer training, so `auto` compiles only then (LoRA and
+partly frozen models get packed rows by the same rule, without compile). Neither switch applies on a CPU; packing also yields to the frozen-prefix cache (which feeds
 padded batches and saves far more: the frozen blocks run once), and needs the varlen kernel (a
 packed row under a dense mask is slower than padding).
 """
@@ -37,10 +38,12 @@ class AutoChoice:
     why: str
 
 
-def classification_auto(device_type: str, blocker: str | None, steps: int, mean_tokens: float) -> AutoChoice:
+def classification_auto(device_type: str, blocker: str | None, steps: int, mean_tokens: float, policy: str = "all") -> AutoChoice:
     """`auto` for a classification run: `blocker` is why packed rows cannot run fast here (no varlen
     kernel, attention dropout, the frozen-prefix cache applies), None when they can; `steps` the
-    planned optimizer steps; `mean_tokens` the mean training text length in tokens.
+    planned optimizer steps; `mean_tokens` the mean training text length in tokens; `policy` the
+    trainable policy (compiled blocks were measured with every layer training: LoRA and partly
+    frozen models get packed rows by the same rule, not compiled blocks).
 
     >>> classification_auto("cuda", None, 2000, 60.0).compile, classification_auto("cuda", None, 300, 600.0).packing
     (True, True)
@@ -51,11 +54,11 @@ def classification_auto(device_type: str, blocker: str | None, steps: int, mean_
         return AutoChoice(False, False, f"{device_type}: padded micro-batches")
     if blocker:
         return AutoChoice(False, False, f"padded micro-batches ({blocker})")
-    if steps >= COMPILE_MIN_STEPS:
+    if steps >= COMPILE_MIN_STEPS and policy == "all":
         return AutoChoice(True, True, f"packed rows and compiled blocks ({steps} steps >= {COMPILE_MIN_STEPS}: the one-time compile pays)")
-    if mean_tokens >= PACK_MIN_MEAN_TOKENS:
-        return AutoChoice(True, False, f"packed rows (texts of {mean_tokens:.0f} tokens on average >= {PACK_MIN_MEAN_TOKENS}; "
-                                       f"{steps} steps < {COMPILE_MIN_STEPS}: no compile)")
+    if steps >= COMPILE_MIN_STEPS or mean_tokens >= PACK_MIN_MEAN_TOKENS:
+        no_compile = f"{steps} steps < {COMPILE_MIN_STEPS}" if steps < COMPILE_MIN_STEPS else f"trainable {policy}: compile measured for all only"
+        return AutoChoice(True, False, f"packed rows ({steps} steps, texts of {mean_tokens:.0f} tokens on average; {no_compile}: no compile)")
     return AutoChoice(False, False, f"padded micro-batches (texts of {mean_tokens:.0f} tokens on average < {PACK_MIN_MEAN_TOKENS} "
                                     f"and {steps} steps < {COMPILE_MIN_STEPS})")
 
