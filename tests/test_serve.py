@@ -319,6 +319,15 @@ def test_sampled_answers_with_a_seed_do_not_depend_on_batch_mates(served):
     assert gen.decode_many([(other, None, None), (mine, None, None)])[1] == alone
 
 
+def test_a_short_request_is_answered_before_its_long_batch_mate_ends(served):
+    gen = served["chat"].model
+    settings = {"temperature": 1.0, "top_p": None, "seed": 0, "stop": []}
+    long, short = (gen.prepare(gen.chat_messages(ask(FACTS[0][0])), max_tokens=n, **settings) for n in (12, 1))
+    calls = []
+    out = gen.decode_many([(long, None, None), (short, None, None)], on_done=lambda i, done: calls.append((i, done.completion_tokens)))
+    assert calls[0] == (1, 1) and [i for i, _ in calls] == [1, 0] and [c.completion_tokens for c in out] == [calls[1][1], 1]
+
+
 def test_a_cancelled_request_stops_while_its_batch_mate_goes_on(served):
     gen = served["chat"].model
     cancelled = threading.Event()

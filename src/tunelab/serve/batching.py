@@ -39,6 +39,12 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
+def answer_now(job: Job, result) -> None:
+    """Hand `result` to the job's request from the worker thread before its batch has ended (a
+    generation finished while its batch mates decode on); the batch's own hand-back is then a no-op."""
+    job.loop.call_soon_threadsafe(_resolve, job.future, result)
+
+
 def _resolve(future: asyncio.Future, result=None, error: BaseException | None = None) -> None:
     if future.done():  # the request already gave up
         return

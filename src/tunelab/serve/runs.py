@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.serve.batching import Batcher, Job
+from tunelab.serve.batching import Batcher, Job, answer_now
 from tunelab.serve.limits import Limits
 from tunelab.train.runtime import model_dir_of, read_model_meta
 
@@ -92,7 +92,7 @@ def batcher_for(run: Served, limits: Limits, on_batch=None) -> Batcher:
         return Batcher(run.name, classify, max_batch_size=limits.max_batch_size, max_wait_s=limits.max_wait_ms / 1000,
                        max_queue=limits.max_queue, on_batch=on_batch)
     def generate(jobs: list[Job]) -> list:
-        return run.model.decode_many([(j.payload, j.emit, j.cancelled) for j in jobs])
+        return run.model.decode_many([(j.payload, j.emit, j.cancelled) for j in jobs], on_done=lambda i, done: answer_now(jobs[i], done))
 
     return Batcher(run.name, generate, max_batch_size=limits.max_batch_size, max_wait_s=limits.max_wait_ms / 1000,
                    max_queue=limits.max_queue, on_batch=on_batch)

@@ -7,8 +7,9 @@ together each have their own max_tokens, temperature, top_p, seed and stop strin
 stream and stop on its own. The loop is plain: the prompts left-padded into one batch, one forward
 pass over all of them (prefill), then one token per row per step through the KV cache, with
 positions counted from each row's first real token as `generate` counts them. A row that has
-finished rides along (its tokens are ignored) until every row is done; rows do not join a batch
-in flight (static batching: a request waits for the batch before it to end).
+finished rides along (its tokens are ignored) until every row is done, but its answer is handed
+back at once (`on_done`); rows do not join a batch in flight (static batching: a request waits for
+the batch before it to end).
 
 Per row: greedy, or sampling as `generation_config` sets it (temperature, then the smallest set of
 tokens whose probability reaches top_p), with a generator of its own when the request gives a seed
@@ -72,9 +73,10 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float) -> to
 
 
 @torch.no_grad()
-def decode_batch(lm, requests: list[tuple]) -> list:
+def decode_batch(lm, requests: list[tuple], on_done=None) -> list:
     """Answer (prepared request, emit or None, cancelled event or None) tuples together; returns
-    one `textstream.Completion` per request, in order."""
+    one `textstream.Completion` per request, in order. `on_done(i, completion)` is called as soon
+    as request i is done, while its batch mates may still decode (a server answers it then)."""
     tokenizer, model = lm.tokenizer, lm.model
     stop_ids = stop_token_ids(lm.template, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
@@ -84,6 +86,16 @@ def decode_batch(lm, requests: list[tuple]) -> list:
         stream = TextStream(tokenizer, stop_ids, prep.stops, emit)
         stream.prompt_seen = True  # tokens are put one by one, without the prompt first
         rows.append(Row(prep, stream, cancelled, set(stop_ids), device))
+    results: list = [None] * len(rows)
+
+    def settle() -> None:
+        for i, row in enumerate(rows):
+            if row.done and results[i] is None:
+                results[i] = finish(row, stop_ids)
+                if on_done is not None:
+                    on_done(i, results[i])
+
+    settle()
     ids, mask = left_pad([p.prompt for p, _, _ in requests], pad)  # (B, T)
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each row counts from its first real token
@@ -96,13 +108,14 @@ def decode_batch(lm, requests: list[tuple]) -> list:
         for row, token in zip(rows, tokens):
             if not row.done:
                 row.take(token)
+        settle()
         if all(row.done for row in rows):
             break
         mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
         last = last + 1
         out = model(input_ids=torch.tensor(tokens, device=device)[:, None], attention_mask=mask, position_ids=last,
                     past_key_values=out.past_key_values, use_cache=True)
-    return [finish(row, stop_ids) for row in rows]
+    return results
 
 
 def finish(row: Row, stop_ids: list[int]):

@@ -88,9 +88,9 @@ class Generator:
     def decode(self, prep: Prepared, emit=None, cancelled=None) -> Completion:
         return decode(self.lm, prep, emit, cancelled)
 
-    def decode_many(self, requests: list[tuple]) -> list[Completion]:
+    def decode_many(self, requests: list[tuple], on_done=None) -> list[Completion]:
         """(prepared, emit, cancelled) tuples decoded in one batch (`decode_batch`)."""
-        return decode_batch(self.lm, requests)
+        return decode_batch(self.lm, requests, on_done)
 
 
 def load_generator(run, device: str | None = None) -> Generator:
