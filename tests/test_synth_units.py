@@ -237,3 +237,25 @@ def test_cache_keys_on_content_and_survives_reopening(tmp_path):
     again = ReplyCache(tmp_path / "c.sqlite")
     assert again.get(k1) == "1. 연차는 며칠인가요?" and len(again) == 1
     again.close()
+
+
+def test_a_grounded_answer_to_another_question_is_dropped():
+    """What the shipped local teacher did on data/synth-demo/hr-policy-ko.md: answers copied from
+    the chunk (support 1.0) that answer another question (the heading, another paragraph)."""
+    from tunelab.synth.chunking import Chunk
+    from tunelab.synth.filters import relevance
+    from tunelab.synth.pipeline import Item, _answer_problem
+    from tunelab.synth.prompts import load_synth_config
+
+    text = ("한빛소프트 취업규칙 요약 > 연차휴가\n1년 이상 근무한 직원에게는 매년 15일의 연차휴가가 부여된다. "
+            "연차휴가는 사용 예정일 3일 전까지 인사시스템에서 신청해야 한다.\n"
+            "재택근무는 주 2회까지 허용되며, 전날 오후 6시까지 팀장의 승인을 받아야 한다.")
+    cfg = load_synth_config(Path(__file__).parents[1] / "configs/synth/docqa-ko.yaml")
+    item = Item("연차휴가는 며칠 전까지 신청해야 하나요?", Chunk("hr.md", 0, text))
+    assert _answer_problem("사용 예정일 3일 전까지 인사시스템에서 신청해야 합니다.", item, cfg) is None
+    assert _answer_problem("재택근무는 주 2회까지 허용되며, 전날 오후 6시까지 팀장의 승인을 받아야 한다.", item, cfg) == "answer_off_question"
+    assert _answer_problem("한빛소프트 취업규칙 요약 > 연차휴가", item, cfg) == "answer_off_question"  # the heading
+    english = "Security > Laptops\nEvery laptop is encrypted. Lost devices are reported to IT within 4 hours."
+    assert relevance("Within how many hours must a lost device be reported?", "within 4 hours", english, 0.7) >= 0.5
+    assert relevance("Within how many hours must a lost device be reported?", "Every laptop is encrypted.", english, 0.7) == 0.0
+    assert cfg.filters.min_relevance > 0  # on by default

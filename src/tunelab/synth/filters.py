@@ -309,6 +309,41 @@ def shared_share(question: str, text: str) -> float:
     return len(q & content_tokens(text)) / len(q) if q else 0.0
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?。])\s+|\n+")
+
+
+def sentences(text: str) -> list[str]:
+    """A chunk's sentences: split at . ! ? followed by space, and at line breaks (a heading line
+    is a sentence of its own).
+
+    >>> sentences("가는 다. 나는 라.\\n## 제목")
+    ['가는 다.', '나는 라.', '## 제목']
+    """
+    return [x.strip() for x in _SENTENCE_END.split(text) if x.strip()]
+
+
+def relevance(question: str, answer: str, context: str, min_support: float) -> float:
+    """How much of the question the answer's own passage talks about: the most `shared_share`
+    of the question among the chunk's sentences that support the answer (`support` at least
+    `min_support`), or among pairs of neighbouring sentences when no single one does (an answer
+    that runs over a sentence end); 0.0 when none does. A grounded answer that does not answer
+    its question (the chunk's heading, another paragraph) sits in a sentence about something
+    else, so it scores low, while `support` alone (is the answer in the chunk?) passes it.
+
+    >>> ctx = "인사 규정 > 재택근무\\n재택근무는 주 2회까지 허용된다. 경조금은 30일 이내에 신청해야 한다."
+    >>> round(relevance("재택근무는 주 몇 회까지 허용되나요?", "주 2회까지 허용됩니다.", ctx, 0.7), 2)
+    0.67
+    >>> relevance("재택근무는 주 몇 회까지 허용되나요?", "경조금은 30일 이내에 신청해야 합니다.", ctx, 0.7)
+    0.0
+    """
+    one = sentences(context)
+    for passages in (one, [f"{a} {b}" for a, b in zip(one, one[1:])]):
+        scores = [shared_share(question, p) for p in passages if support(answer, p, question) >= min_support]
+        if scores:
+            return max(scores)
+    return 0.0
+
+
 def script_ok(text: str, lang: str, min_share: float, min_letters: int = 4) -> bool:
     """Enough of the letters are Hangul (ko) or Latin (en); texts with fewer than `min_letters`
     letters (numbers, codes) pass.

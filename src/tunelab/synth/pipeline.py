@@ -37,6 +37,7 @@ from tunelab.synth.filters import (
     new_in_answer,
     parse_answer,
     parse_questions,
+    relevance,
     script_ok,
     shared_share,
     support,
@@ -317,6 +318,8 @@ def _answer_problem(answer: str, item: Item, cfg: SynthConfig) -> str | None:
         return "answer_repeats_question"
     if support(answer, item.chunk.text, item.question) < f.min_support:
         return "answer_unsupported"
+    if f.min_relevance and relevance(item.question, answer, item.chunk.text, f.min_support) < f.min_relevance:
+        return "answer_off_question"
     return None
 
 

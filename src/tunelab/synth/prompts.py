@@ -102,6 +102,7 @@ class FiltersConfig(Section):
     max_answer_chars: int = Field(500, ge=1, description="Longer answers are dropped.")
     min_script_share: float = Field(0.6, ge=0.0, le=1.0, description="Least share of letters in the language's script (Hangul for ko, Latin for en) in questions, and in answers with 8 letters or more.")
     min_support: float = Field(0.7, ge=0.0, le=1.0, description="Least share of what the answer adds to the question (character bigrams within words) found in the chunk.")
+    min_relevance: float = Field(0.3, ge=0.0, le=1.0, description="Least share of the question's content words (Hangul: syllable bigrams) in the chunk sentence the answer comes from (0: off). Drops grounded answers to another question: the chunk's heading, another paragraph.")
     near_dup_threshold: float = Field(0.8, ge=0.0, le=1.0, description="Jaccard similarity at which two questions are near duplicates (0: exact duplicates only).")
 
 
