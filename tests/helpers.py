@@ -39,7 +39,7 @@ def build_tokenizer(folder: Path):
     return fast
 
 
-ENCODERS = ("bert", "mpnet", "roberta")
+ENCODERS = ("bert", "mpnet", "roberta", "albert", "electra", "distilbert")
 
 
 def tiny_config(arch: str, vocab_size: int):
@@ -60,11 +60,17 @@ def tiny_config(arch: str, vocab_size: int):
         return tf.MPNetConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=130, **common)
     if arch == "roberta":
         return tf.RobertaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=130, **common)
+    if arch == "albert":
+        return tf.AlbertConfig(embedding_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128, **common)
+    if arch == "electra":
+        return tf.ElectraConfig(embedding_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128, **common)
+    if arch == "distilbert":
+        return tf.DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=4, max_position_embeddings=128, **common)
     raise ValueError(arch)
 
 
 def make_model_dir(root: Path, arch: str = "llama", seed: int = 0) -> Path:
-    """A local HF folder with a tiny random-init causal LM (or encoder: bert, mpnet, roberta) and its tokenizer."""
+    """A local HF folder with a tiny random-init causal LM (or encoder: one of ENCODERS) and its tokenizer."""
     import torch
     import transformers as tf
 

@@ -108,6 +108,14 @@ def test_encoder_packed_equals_padded(model_root, arch, pooling):
     _assert_packed_equals_padded(model, _items())
 
 
+@pytest.mark.parametrize("arch", ["bert", "roberta", "mpnet"])
+def test_encoder_pooler_head_packed_equals_padded(model_root, arch):
+    """pooling pooler: each example's first token through the dense + tanh layer, packed or not
+    (its dense layer gets the same gradients too)."""
+    model = _classifier(model_root, arch, "pooler")
+    _assert_packed_equals_padded(model, _items())
+
+
 @pytest.mark.parametrize("arch,causal", [("llama", True), ("llama", False), ("gemma3", True), ("gemma3", False), ("gpt2", False), ("bert", True), ("roberta", True)])
 def test_eager_attention_packed_equals_padded(model_root, arch, causal):
     """eager attention adds the mask to its scores: the additive (0 / dtype min) format."""

@@ -109,3 +109,24 @@ def test_kill_9_then_resume_with_the_cache_matches_uninterrupted(tmp_path, spam_
     assert subprocess.run(cmd + ["--resume"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
     resumed = json.loads((tmp_path / "killed" / "summary.json").read_text())
     _same_scores(resumed, full)
+
+
+@pytest.mark.parametrize("arch", ["bert", "mpnet"])
+def test_pooler_head_on_cached_states_gives_the_uncached_logits(tmp_path, model_root, arch):
+    """pooling pooler sits after the backbone: the cache feeds its first token's state as usual."""
+    from tunelab.classify.frozen_cache import build_cache
+    from tunelab.classify.run import build_classifier
+    from tunelab.config import ModelConfig
+
+    folder = make_model_dir(model_root, arch)
+    model, tok, _ = build_classifier(ModelConfig(name=str(folder), trainable="last_blocks", last_blocks=1, pooling="pooler"), 3, folder, 0)
+    model.eval()
+    seqs = [tok(t)["input_ids"] for t in ("free prize now", "see you at lunch tomorrow my love", "win cash")]
+    cache = build_cache(model, seqs, tok.pad_token_id, 2, torch.device("cpu"), _no_autocast, tmp_path, log=lambda *a: None)
+    width = max(map(len, seqs))
+    ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in seqs])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    with torch.no_grad():
+        plain, cached = model(ids, mask), model(ids, mask, frozen_states=cache.states(seqs, width))
+    assert torch.allclose(plain, cached, atol=1e-5), (plain - cached).abs().max()
+    cache.close()

@@ -76,7 +76,7 @@ class LoraConfig(Section):
 
 class ModelConfig(Section):
     name: str = Field(..., description="asset:NAME, a local Hugging Face folder, a .gguf file, or a hub id (when a hub is reachable).")
-    pooling: Literal["last", "first", "mean"] = Field("last", description="Which hidden state feeds the head: last real token, first token, or mean over real tokens.")
+    pooling: Literal["last", "first", "mean", "pooler"] = Field("last", description="Which hidden state feeds the head: last real token, first token, or mean over real tokens; encoders also pooler = first token -> dense -> tanh -> dropout -> head (BERT and ALBERT start the dense layer from their pretrained pooler), the one encoder head stock transformers' *ForSequenceClassification loads (BERT, ALBERT, RoBERTa, XLM-R, CamemBERT, MPNet). Decoders refuse pooler (use last or mean); a decoder exports to transformers with last.")
     causal_mask: bool = Field(True, description="Decoders only: false = bidirectional attention, as an encoder.")
     trainable: Literal["head", "last_blocks", "all", "lora"] = Field("last_blocks", description="What trains: the head only, the last N blocks (+ final norm + head), everything, or LoRA adapters (+ head). Default last_blocks for classification, lora for task sft (sft takes lora or all).")
     last_blocks: int = Field(2, ge=1, description="With trainable=last_blocks: how many of the last transformer blocks train.")

@@ -1,4 +1,4 @@
-"""A text classifier: pretrained backbone -> pooled vector -> linear class head.
+"""A text classifier: pretrained backbone -> pooled vector (-> dense + tanh) -> linear class head.
 
 The model owns its choices: which token is pooled and whether a decoder attends causally. The
 training loop only calls `model(input_ids, attention_mask)` and gets logits (num_sequences, C).
@@ -8,12 +8,18 @@ backbone gets the positions and the per-example attention isolation its family n
 once per model as `TextClassifier.packing_plan`, see classify/packing.py) and each example pools
 its own tokens: the same logits as the padded batch.
 `apply_trainable` picks what trains: the head only, the last N blocks, everything, or LoRA; the
-head always trains in full. Frozen lower layers cost no backward pass: autograd builds the graph
-only from the first trainable block on; they cost no forward pass after the first either when the
-run caches their output (`frozen_states`, classify/frozen_cache.py).
+head (with the pooler's dense layer) always trains in full. Frozen lower layers cost no backward
+pass: autograd builds the graph only from the first trainable block on; they cost no forward pass
+after the first either when the run caches their output (`frozen_states`, classify/frozen_cache.py).
 For decoders the head has no bias, like `score` in transformers' *ForSequenceClassification, so
 that a decoder with last-token pooling exports to that class unchanged (classify/export.py
 decides which runs do, and says why the others do not).
+Encoders may also pool `pooler`: the first token -> a dense layer (hidden -> hidden) -> tanh ->
+dropout -> the linear head, the head that BERT's, ALBERT's, RoBERTa's and MPNet's stock
+*ForSequenceClassification classes compute, so such a run exports to them. The dense layer
+(`pooler_dense`) starts from the backbone's pretrained pooler where the stock class uses that
+pooler (BERT, ALBERT; `PRETRAINED_POOLER`), else fresh (seeded, like the head); it trains whenever
+the head does. Decoders have no such head in transformers and refuse it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,22 @@ from tunelab.errors import TunelabError
 from tunelab.model.backbone import final_norm, hidden_size, is_encoder, set_causal, transformer_blocks
 from tunelab.model.lora import count_parameters, inject_lora
 
+# Where the backbone keeps the pretrained pooler dense layer (dense + tanh on the first token) that
+# the family's stock *ForSequenceClassification class feeds its classifier: BertModel.pooler.dense,
+# AlbertModel.pooler. RoBERTa, XLM-R, CamemBERT and MPNet backbones carry a pooler too, but their
+# stock classes drop it and start a fresh `classifier.dense`, so `pooling: pooler` does the same.
+PRETRAINED_POOLER = {"bert": "pooler.dense", "albert": "pooler"}
+
+
+def pretrained_pooler(backbone: nn.Module) -> nn.Linear | None:
+    """The backbone's pretrained pooler dense layer (see PRETRAINED_POOLER), or None."""
+    path = PRETRAINED_POOLER.get(getattr(backbone.config, "model_type", ""))
+    try:
+        module = backbone.get_submodule(path) if path is not None else None
+    except AttributeError:  # a backbone built without its pooling layer
+        module = None
+    return module if isinstance(module, nn.Linear) and module.in_features == module.out_features else None
+
 
 class TextClassifier(nn.Module):
     def __init__(self, backbone: nn.Module, num_labels: int, pooling: str = "last", causal_mask: bool = True, head_dropout: float = 0.0):
@@ -35,6 +57,10 @@ class TextClassifier(nn.Module):
         self.backbone = backbone
         self.pooling = pooling
         self.encoder = is_encoder(backbone.config)
+        if pooling == "pooler" and not self.encoder:
+            raise TunelabError(f"model.pooling = pooler is for encoders (BERT, RoBERTa, MPNet, ...): a dense + tanh layer on the first "
+                               f"token; {getattr(backbone.config, 'model_type', 'this')} is a decoder, use model.pooling: last (or mean)")
+        self.token_pooling = "first" if pooling == "pooler" else pooling  # which token(s) `pool` picks
         self.causal_mask = causal_mask
         if not self.encoder:
             set_causal(backbone, causal_mask)
@@ -46,6 +72,22 @@ class TextClassifier(nn.Module):
         nn.init.normal_(self.head.weight, std=std)
         if self.head.bias is not None:
             nn.init.zeros_(self.head.bias)
+        self.pooler_dense = None  # pooling pooler: first token -> pooler_dense -> tanh -> dropout -> head
+        if pooling == "pooler":
+            width = hidden_size(backbone.config)
+            self.pooler_dense = nn.Linear(width, width)
+            source = pretrained_pooler(backbone)
+            with torch.no_grad():
+                if source is not None:
+                    self.pooler_dense.weight.copy_(source.weight)
+                    self.pooler_dense.bias.copy_(source.bias)
+                else:  # after the head, so a pooler run's head starts as a `first` run's does
+                    nn.init.normal_(self.pooler_dense.weight, std=std)
+                    nn.init.zeros_(self.pooler_dense.bias)
+
+    def head_modules(self) -> list[nn.Module]:
+        """What sits after the backbone and always trains in full: the head, and the pooler's dense layer."""
+        return [self.head] + ([self.pooler_dense] if self.pooler_dense is not None else [])
 
     @property
     def config(self):
@@ -85,8 +127,10 @@ class TextClassifier(nn.Module):
                     out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
             segments = attention_mask if segment_ids is None else segment_ids
         hidden = out.last_hidden_state  # (B, T, H)
-        pooled = pool(hidden, segments, self.pooling)  # (N, H): only the pooled positions reach the head
-        return self.head(self.dropout(pooled.to(self.head.weight.dtype))).float()  # (N, C)
+        pooled = pool(hidden, segments, self.token_pooling).to(self.head.weight.dtype)  # (N, H): only the pooled positions reach the head
+        if self.pooler_dense is not None:
+            pooled = torch.tanh(self.pooler_dense(pooled))
+        return self.head(self.dropout(pooled)).float()  # (N, C)
 
 
 def apply_trainable(model: TextClassifier, policy: str, last_blocks: int = 2, lora=None) -> dict:
@@ -112,7 +156,8 @@ def apply_trainable(model: TextClassifier, policy: str, last_blocks: int = 2, lo
             model.frozen_blocks = len(transformer_blocks(model.backbone))
         elif policy != "all":
             raise ValueError(f"unknown trainable policy {policy!r}")
-    for p in model.head.parameters():
-        p.requires_grad = True
+    for module in model.head_modules():
+        for p in module.parameters():
+            p.requires_grad = True
     trainable, total = count_parameters(model)
     return {"policy": policy, "trainable_params": trainable, "total_params": total}
