@@ -217,3 +217,7 @@ def test_force_replaces_a_run_killed_right_after_it_started(tmp_path):
     other = load_config(write_config(tmp_path / "c2.yaml", base_config(tmp_path / "d.csv", tmp_path / "m", tmp_path / "mine")))
     with pytest.raises(TunelabError, match="not a run folder"):
         prepare_run_dir(other, resume=False, force=True)
+    (tmp_path / "mine" / "config.yaml").write_text(f"output_dir: {tmp_path / 'mine'}\n")  # a person's file naming this folder
+    with pytest.raises(TunelabError, match="unfinished run"):  # never replaced without --force
+        prepare_run_dir(other, resume=False, force=False)
+    assert (tmp_path / "mine" / "config.yaml").read_text() == f"output_dir: {tmp_path / 'mine'}\n"

@@ -390,3 +390,32 @@ def test_resuming_a_run_removes_the_temporaries_of_killed_writes(tmp_path, capsy
     assert sorted(out) == sorted(f"removed stale temporary folder {p} left by an interrupted write" for p in stale)
     assert not any(p.exists() for p in stale)
     assert all((p / "sub" / "f").is_file() for p in keep)
+
+
+def test_a_run_that_stopped_before_training_starts_again_without_force(tmp_path):
+    """Bad input found after the run folder was made (here: a decoder asked for the encoder-only
+    pooler head) leaves only config.yaml; fixing the config and running again needs no --force,
+    while a folder with anything more is still refused."""
+    import csv
+
+    from tests.helpers import base_config, make_model_dir, synthetic_rows, write_config
+
+    from tunelab.classify.run import train_classifier
+    from tunelab.config import load_config
+
+    data = tmp_path / "d.csv"
+    with data.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["text", "label"])
+        w.writeheader()
+        w.writerows(synthetic_rows(40))
+    raw = base_config(data, make_model_dir(tmp_path, "llama"), tmp_path / "run", max_steps=1)
+    raw["model"]["pooling"] = "pooler"
+    with pytest.raises(TunelabError, match="pooler is for encoders"):
+        train_classifier(load_config(write_config(tmp_path / "bad.yaml", raw)), log=lambda *_: None)
+    assert {p.name for p in (tmp_path / "run").iterdir()} <= {"config.yaml", "data_report.json"}
+    raw["model"]["pooling"] = "last"
+    summary = train_classifier(load_config(write_config(tmp_path / "good.yaml", raw)), log=lambda *_: None)
+    assert summary["steps"] == 1 and (tmp_path / "run" / "summary.json").is_file()
+    (tmp_path / "run" / "summary.json").unlink()
+    with pytest.raises(TunelabError, match="unfinished run"):  # checkpoints and metrics: a real unfinished run
+        train_classifier(load_config(write_config(tmp_path / "good.yaml", raw)), log=lambda *_: None)

@@ -75,8 +75,28 @@ def _config_of_this_run(run_dir: Path) -> bool:
     return isinstance(data, dict) and Path(str(data.get("output_dir", ""))).resolve() == run_dir.resolve()
 
 
+def _written_by_a_run(run_dir: Path) -> bool:
+    """Whether run_dir/config.yaml is, byte for byte, the resolved config a run of this folder
+    wrote (`_config_of_this_run`, and in to_yaml's exact form): never a config a person wrote."""
+    from tunelab.config import load_config
+
+    if not _config_of_this_run(run_dir):
+        return False
+    text = (run_dir / "config.yaml").read_text(encoding="utf-8")
+    try:
+        return to_yaml(load_config(run_dir / "config.yaml")) == text
+    except Exception:  # not a valid run config: a person's file
+        return False
+
+
+# What a run folder holds before the loop's first checkpoint: such a folder is a run that stopped
+# before training (bad data, a refused option) and is started again without --force.
+NEVER_TRAINED = frozenset({"config.yaml", "data_report.json", "sft_template.json"})
+
+
 def prepare_run_dir(cfg: RunConfig, resume: bool, force: bool) -> Path:
-    """Create the run folder, refusing to overwrite a finished or unfinished run by accident.
+    """Create the run folder, refusing to overwrite a finished or unfinished run by accident (a
+    folder holding only what a run writes before training, NEVER_TRAINED, is started again).
     On resume, first delete the temporary folders a killed write left (of checkpoint or model
     size: `.tmp-step-*`, `.tmp-best-*`, `.trash-model-*`, ...) in the run folder and checkpoints/,
     one log line each; see `tunelab.data.io_atomic.remove_stale_temporaries`."""
@@ -91,6 +111,8 @@ def prepare_run_dir(cfg: RunConfig, resume: bool, force: bool) -> Path:
     for given in inputs:
         if Path(given).exists() and Path(given).resolve().is_relative_to(run_dir.resolve()):
             raise TunelabError(f"output_dir {run_dir} holds the input {given}: a run folder is replaced on --force, so keep inputs outside it")
+    if run_dir.exists() and not resume and {p.name for p in run_dir.iterdir()} <= NEVER_TRAINED and _written_by_a_run(run_dir):
+        shutil.rmtree(run_dir)  # a run that stopped before its first step (bad data, a refused option): start it again
     if run_dir.exists() and any(run_dir.iterdir()):
         if force and not resume and not (is_run_folder(run_dir) or _config_of_this_run(run_dir)):
             raise TunelabError(f"output_dir {run_dir} is not empty and not a run folder; --force replaces only a run tunelab wrote, so choose another output_dir")
