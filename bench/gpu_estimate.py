@@ -5,7 +5,7 @@
 (on the GPU machine with tunelab's src/ and the carried wheels on PYTHONPATH, as
 bench/device_sweep.sh sets it; no weights are needed). The cases are bench/gpu_fastpath.py's, with
 its random-init models of real shapes, its made-up BPE tokenizer, its rows and the config its
-`tunelab` variant trains (packing auto, compile off, bf16 by `train.precision: auto`):
+`tunelab` variant trains (data.packing and train.compile auto, the defaults; bf16 by `train.precision: auto`):
   (a) Qwen2-0.5B full SFT, batch 8, prompt+answer 64-1024 tokens (default)
   (e) Qwen2-0.5B classification, all weights, batch 8, texts of 128-1024 tokens (default)
   (b), (c), (d) on request (LoRA SFT; GPT-2 124M and SmolLM2-135M classification, batch 32, 10-120).
@@ -43,7 +43,6 @@ import os
 import re
 import sys
 from pathlib import Path
-from unittest import mock
 
 import yaml
 
@@ -58,25 +57,10 @@ TIME = r"(\S+)"  # tunelab's `duration` (7s, 2m35s, 1h02m) or seconds (1.25s)
 TINY_STEPS, TINY_MEASURE_STEPS, TINY_LENGTH_SCALE = 4, 3, 8  # --tiny: texts 8x shorter too
 
 
-class _Captured(Exception):
-    def __init__(self, raw: dict):
-        super().__init__("config captured")
-        self.raw = raw
-
-
 def fastpath_config(task: str, folder: Path, data: Path, trainable: str, steps: int, batch: int, max_length: int, run_dir: Path) -> dict:
-    """The raw config `gpu_fastpath.run_tunelab` trains its `tunelab` variant with (packing auto,
-    compile off): taken from it where it is handed to tunelab.config.validate_dict, so the run
-    itself never starts (and the CUDA peak counter is left alone: this process never touches CUDA)."""
-    def capture(raw, *args, **kwargs):
-        raise _Captured(raw)
-
-    with mock.patch("tunelab.config.validate_dict", capture), mock.patch("torch.cuda.reset_peak_memory_stats"):
-        try:
-            gpu_fastpath.run_tunelab(task, folder, data, trainable, steps, batch, run_dir, max_length, 0, "auto", "off")
-        except _Captured as got:
-            return got.raw
-    sys.exit("gpu_fastpath.run_tunelab no longer hands its config to tunelab.config.validate_dict: update fastpath_config")
+    """The raw config gpu_fastpath's `tunelab` variant trains with, with both switches on auto
+    (the defaults a user gets)."""
+    return gpu_fastpath.tunelab_config(task, folder, data, trainable, steps, batch, run_dir, max_length, "auto", "auto")
 
 
 def size_bytes(text: str) -> float:

@@ -219,11 +219,9 @@ def run_stock(task: str, folder: Path, rows: list[dict], trainable: str, steps: 
             **steady(tokens, seconds, clock.first, steps)}
 
 
-def run_tunelab(task: str, folder: Path, data: Path, trainable: str, steps: int, batch: int, out: Path, max_length: int, n: int,
-                packing: str, compile: str, budget: int | None = None) -> dict:
-    from tunelab.config import validate_dict
-    from tunelab.tasks import recipe
-
+def tunelab_config(task: str, folder: Path, data: Path, trainable: str, steps: int, batch: int, out: Path, max_length: int,
+                   packing: str, compile: str, budget: int | None = None) -> dict:
+    """The raw tunelab config every tunelab variant trains with (bench/gpu_estimate.py uses it too)."""
     raw = {
         "task": task,
         "output_dir": str(out),
@@ -239,6 +237,15 @@ def run_tunelab(task: str, folder: Path, data: Path, trainable: str, steps: int,
     else:
         raw["model"]["pooling"] = "last"
         raw["data"]["split"]["test"] = 0.02
+    return raw
+
+
+def run_tunelab(task: str, folder: Path, data: Path, trainable: str, steps: int, batch: int, out: Path, max_length: int, n: int,
+                packing: str, compile: str, budget: int | None = None) -> dict:
+    from tunelab.config import validate_dict
+    from tunelab.tasks import recipe
+
+    raw = tunelab_config(task, folder, data, trainable, steps, batch, out, max_length, packing, compile, budget)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     s = recipe(task)(validate_dict(raw), force=True, log=lambda *a: None)
