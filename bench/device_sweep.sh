@@ -14,7 +14,9 @@
 # converted by tunelab into the asset folder its ASSET.json names (the dequantised weights are
 # the ones `tunelab assets install` builds), installs the carried wheels (pydantic is not on that
 # machine), runs the sweep into /tmp/sweeps/NAME (resumable: call again to continue) and copies
-# the sweep folder, without weights or checkpoints, to $OUT/NAME.tar.gz.
+# its results (json, csv, md, logs; no weights, checkpoints or exported models) to
+# $OUT/NAME.tar.gz. SWEEP_SECONDS=N stops the sweep (SIGINT) after N seconds, so that the results
+# made so far still come back inside the call's limit.
 set -euo pipefail
 export TUNELAB_HOME=/tmp/tunelab-home
 if [ ! -d "$TUNELAB_HOME/models" ]; then
@@ -40,7 +42,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 sweep="$1"; shift
 name=$(basename "$sweep" .yaml)
 status=0
-python3 -m tunelab.cli sweep "$sweep" --output-dir "/tmp/sweeps/$name" "$@" || status=$?
-tar -C /tmp/sweeps -czf "$OUT/$name.tar.gz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.bin' --exclude='*.gguf' --exclude='tokenizer.json' "$name"
+timeout -s INT "${SWEEP_SECONDS:-86400}" python3 -m tunelab.cli sweep "$sweep" --output-dir "/tmp/sweeps/$name" "$@" || status=$?
+(cd /tmp/sweeps && find "$name" -type f \( -name "*.json" -o -name "*.jsonl" -o -name "*.md" -o -name "*.csv" -o -name "*.log" -o -name "*.yaml" \) ! -path "*/model/*" ! -path "*/adapter/*" ! -path "*/checkpoint*" ! -name "tokenizer*.json" | tar -czf "$OUT/$name.tar.gz" -T -)
 ls -la "$OUT"
 exit $status

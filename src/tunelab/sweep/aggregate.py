@@ -16,6 +16,10 @@ from pathlib import Path
 
 SCORES = ("accuracy", "macro_f1", "loss")  # classification has all three; SFT has loss
 SPLIT_METRICS = [f"{split}_{m}" for split in ("train", "validation", "test") for m in SCORES]
+# SFT runs also score their generated test answers, overall and per language (test `by_lang`)
+GENERATION_SCORES = ("exact_match", "token_f1", "refusal_precision", "refusal_recall")
+GENERATION_METRICS = [f"test_{m}" for m in GENERATION_SCORES]
+LANG_SCORES = ("token_f1", "refusal_precision", "refusal_recall")
 RUN_SCALARS = ["trainable_params", "total_params", "train_seconds", "peak_memory_mb", "train_tokens_per_second", "steps", "best_step"]
 CELL_KEYS = ["group", "dataset", "variant", "cell", "question"]
 
@@ -23,11 +27,17 @@ CELL_KEYS = ["group", "dataset", "variant", "cell", "question"]
 def run_row(run, summary: dict) -> dict:
     """One flat row per run: cell identity, seed, the split scores and the run's costs."""
     row = {"group": run.cell.group, "dataset": run.cell.dataset, "variant": run.cell.variant, "cell": run.cell.slug,
-           "question": run.cell.question or "", "seed": run.seed}
+           "question": run.cell.question or "", "seed": run.seed, "task": summary.get("task", "classification")}
     for split in ("train", "validation", "test"):
         scores = summary.get(split) or {}
         for m in SCORES:
             row[f"{split}_{m}"] = scores.get(m)
+    test = summary.get("test") or {}
+    for m in GENERATION_SCORES:
+        row[f"test_{m}"] = test.get(m)
+    for lang, scores in sorted((test.get("by_lang") or {}).items()):
+        for m in LANG_SCORES:
+            row[f"test_{lang}_{m}"] = scores.get(m)
     for key in RUN_SCALARS:
         row[key] = summary.get(key)
     row["folder"] = str(run.home.folder)
@@ -78,17 +88,25 @@ def t_interval(values: list[float], confidence: float = 0.95,
     return max(bounds[0], mean - half), min(bounds[1], mean + half)
 
 
+def lang_metrics(rows: list[dict]) -> list[str]:
+    """The per-language test keys (`test_ko_token_f1`, ...) that any of `rows` has, sorted."""
+    return sorted({k for r in rows for k in r if k.startswith("test_") and k.endswith(LANG_SCORES)
+                   and k not in GENERATION_METRICS})
+
+
 def aggregate(rows: list[dict]) -> list[dict]:
     """One entry per cell (in first-seen order) with mean/std of every metric and cost."""
     cells: dict[str, list[dict]] = {}
     for row in rows:
         cells.setdefault(row["cell"], []).append(row)
+    per_lang = lang_metrics(rows)
     out = []
     for name, rs in cells.items():
         entry = {k: rs[0][k] for k in CELL_KEYS}
+        entry["task"] = rs[0].get("task", "classification")
         entry["n"] = len(rs)
         entry["seeds"] = [r["seed"] for r in rs]
-        for key in SPLIT_METRICS + RUN_SCALARS:
+        for key in SPLIT_METRICS + GENERATION_METRICS + per_lang + RUN_SCALARS:
             mean, std = mean_std([r.get(key) for r in rs])
             entry[key] = {"mean": mean, "std": std}
         entry["test_accuracy_ci95"] = t_interval([r.get("test_accuracy") for r in rs])

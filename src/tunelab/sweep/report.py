@@ -15,14 +15,16 @@ import json
 import math
 from pathlib import Path
 
-from tunelab.sweep.aggregate import RUN_SCALARS, SPLIT_METRICS
+from tunelab.sweep.aggregate import GENERATION_METRICS, RUN_SCALARS, SPLIT_METRICS, lang_metrics
 
-RUN_COLUMNS = ["group", "dataset", "variant", "cell", "seed", *SPLIT_METRICS, *RUN_SCALARS, "folder", "shared_with"]
+RUN_COLUMNS = ["group", "dataset", "variant", "cell", "seed", *SPLIT_METRICS, *GENERATION_METRICS, *RUN_SCALARS, "task",
+               "folder", "shared_with"]
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
+    columns = RUN_COLUMNS[:-2] + lang_metrics(rows) + RUN_COLUMNS[-2:]
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=RUN_COLUMNS, extrasaction="ignore")
+        w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
 
@@ -62,6 +64,34 @@ def table_row(e: dict) -> list[str]:
             num(e["trainable_params"]), num(e["train_seconds"]), num(e["peak_memory_mb"]), num(e["train_tokens_per_second"])]
 
 
+def loss(stat: dict) -> str:
+    return num(stat, 4) if stat["mean"] is not None else "–"
+
+
+SFT_HEADERS = ["dataset", "cell", "seeds", "val loss", "test loss", "test exact match %", "test token F1 %",
+               "refusal precision %", "refusal recall %"]
+LANG_HEADERS = {"token_f1": "token F1 %", "refusal_precision": "refusal precision %", "refusal_recall": "refusal recall %"}
+COST_HEADERS = ["trainable params", "train time s", "peak memory MB"]
+
+
+def sft_table(entries: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Instruction-tuning cells: losses and the generated answers' scores, overall and per language."""
+    per_lang = lang_metrics(entries)
+    headers = SFT_HEADERS + [f"{k.split('_')[1]} {LANG_HEADERS[k.split('_', 2)[2]]}" for k in per_lang] + COST_HEADERS
+    rows = [[e["dataset"] or "–", e["variant"] + (f" (= {e['shared_with']})" if e["shared_with"] else ""), str(e["n"]),
+             loss(e["validation_loss"]), loss(e["test_loss"]), pct(e["test_exact_match"]), pct(e["test_token_f1"]),
+             pct(e["test_refusal_precision"]), pct(e["test_refusal_recall"]), *(pct(e[k]) for k in per_lang),
+             num(e["trainable_params"]), num(e["train_seconds"]), num(e["peak_memory_mb"])] for e in entries]
+    return headers, rows
+
+
+def group_table(entries: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The headers and rows of one group's table: classification columns, or SFT's when every cell is SFT."""
+    if all(e.get("task") == "sft" for e in entries):
+        return sft_table(entries)
+    return HEADERS, [table_row(e) for e in entries]
+
+
 def by_group(cells: list[dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for e in cells:
@@ -74,9 +104,10 @@ def markdown(cells: list[dict], title: str, notes: list[str]) -> str:
     for group, entries in by_group(cells).items():
         q = entries[0]["question"]
         lines += [f"## {group or 'cells'}" + (f": {q}" if q else ""), ""]
-        lines.append("| " + " | ".join(HEADERS) + " |")
-        lines.append("|" + "---|" * len(HEADERS))
-        lines += ["| " + " | ".join(table_row(e)) + " |" for e in entries]
+        headers, rows = group_table(entries)
+        lines.append("| " + " | ".join(headers) + " |")
+        lines.append("|" + "---|" * len(headers))
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
         lines.append("")
     return "\n".join(lines)
 
@@ -221,10 +252,11 @@ def html_report(cells: list[dict], plots: list[tuple[str, Path]], title: str, no
     for group, entries in by_group(cells).items():
         q = entries[0]["question"]
         parts.append(f"<h2>{html.escape(group or 'cells')}{': ' + html.escape(q) if q else ''}</h2><table><tr>")
-        parts += [f"<th>{html.escape(h)}</th>" for h in HEADERS]
+        headers, rows = group_table(entries)
+        parts += [f"<th>{html.escape(h)}</th>" for h in headers]
         parts.append("</tr>")
-        for e in entries:
-            parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in table_row(e)) + "</tr>")
+        for row in rows:
+            parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
         parts.append("</table>")
     for caption, path in plots:
         data = base64.b64encode(path.read_bytes()).decode()
