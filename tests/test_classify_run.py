@@ -1,5 +1,6 @@
 """A real (tiny) classification run, in process: run folder, metrics, resume, export parity."""
 
+import csv
 import json
 
 import pytest
@@ -24,6 +25,15 @@ def test_run_folder_and_metrics(tmp_path, spam_csv, tiny_llama):
     test = read_json(run / "test_metrics.json")
     assert set(test["per_class"]) == {"ham", "spam"}
     assert sum(map(sum, test["confusion_matrix"])) == 48  # 20 % of 240 rows
+    # one line per test row; its probabilities give the reported accuracy and the stock model's argmax
+    preds = [json.loads(l) for l in (run / "test_predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(preds) == 48 and all(abs(sum(p["probabilities"].values()) - 1) < 1e-4 for p in preds)
+    assert all(p["predicted"] == max(p["probabilities"], key=p["probabilities"].get) for p in preds)
+    assert sum(p["correct"] for p in preds) / 48 == pytest.approx(test["accuracy"])
+    assert all(p["correct"] == (p["label"] == p["predicted"]) and p["text"] for p in preds)
+    with open(spam_csv, encoding="utf-8") as fh:
+        source = {r["text"]: r["label"] for r in csv.DictReader(fh)}
+    assert all(source[p["text"]] == p["label"] for p in preds)  # each line is its own row's
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("split") == "validation" for r in rows)
     # The tiny model learns the keyword rule well above chance.

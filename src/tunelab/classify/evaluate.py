@@ -3,6 +3,8 @@ confusion matrix (scikit-learn's implementations)."""
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from tunelab.classify.predict import load_classifier, predict_logits
@@ -25,8 +27,10 @@ def classification_metrics(y_true: list[int], y_pred: list[int], labels: list[st
     }
 
 
-def evaluate_items(model, items, collate, batch_size: int, device, labels: list[str], class_weights=None) -> dict:
-    """Loss (mean cross-entropy), accuracy, macro-F1 and the rest on a list of (ids, label) items.
+def evaluate_items(model, items, collate, batch_size: int, device, labels: list[str], class_weights=None,
+                   with_probabilities: bool = False) -> dict:
+    """Loss (mean cross-entropy), accuracy, macro-F1 and the rest on a list of (ids, label) items;
+    with `with_probabilities`, also "probabilities": each item's softmax, in the items' order.
 
     With several processes the batches (those `predict_logits` makes: sorted by length, cut
     every `batch_size`) are dealt over them and the logits gathered (`distributed.map_batches`),
@@ -45,7 +49,21 @@ def evaluate_items(model, items, collate, batch_size: int, device, labels: list[
     y_true = torch.tensor([y for _, y in items])
     loss = torch.nn.functional.cross_entropy(logits, y_true, weight=class_weights).item()
     scores = classification_metrics(y_true.tolist(), logits.argmax(-1).tolist(), labels)
+    if with_probabilities:
+        scores["probabilities"] = torch.softmax(logits.float(), -1).tolist()
     return {"loss": loss, **scores}
+
+
+def prediction_lines(texts: list[str], y_true: list[int], probabilities: list[list[float]], labels: list[str]) -> str:
+    """test_predictions.jsonl: per test row its text, true and predicted label and the class
+    probabilities, for error analysis and for averaging the runs of several seeds."""
+    lines = []
+    for text, y, probs in zip(texts, y_true, probabilities):
+        pred = max(range(len(probs)), key=probs.__getitem__)
+        lines.append(json.dumps({"text": text, "label": labels[y], "predicted": labels[pred], "correct": pred == y,
+                                 "probabilities": {lab: round(p, 6) for lab, p in zip(labels, probs)}},
+                                ensure_ascii=False) + "\n")
+    return "".join(lines)
 
 
 def format_report(scores: dict) -> str:

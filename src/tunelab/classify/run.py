@@ -9,7 +9,8 @@ weights evaluated on the test split -> `model/` exported -> `summary.json` (writ
 folder with it is finished).
 
 Run folder: config.yaml (resolved), data_report.json, metrics.jsonl, checkpoints/, model/,
-test_metrics.json, test_report.txt, summary.json.
+test_metrics.json, test_report.txt, test_predictions.jsonl (per test row: text, label, prediction,
+class probabilities), summary.json.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
     from tunelab.assets.resolve import resolve_model
     from tunelab.classify.collate import ClassificationCollator, PackingCollator, encode_texts
     from tunelab.classify.data import load_splits
-    from tunelab.classify.evaluate import evaluate_items, format_report
+    from tunelab.classify.evaluate import evaluate_items, format_report, prediction_lines
     from tunelab.classify.export import export_classifier
     from tunelab.classify.frozen_cache import frozen_cache, why_not
     from tunelab.classify.objective import ClassificationObjective, balanced_class_weights
@@ -133,7 +134,9 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
         uncompile_blocks(model)
     restore_attention(model)  # scoring and the export use the model's own attention
 
-    test = evaluate_items(model, encoded["test"], eval_collate, cfg.eval.batch_size, device, splits.labels) if encoded["test"] else None
+    test = evaluate_items(model, encoded["test"], eval_collate, cfg.eval.batch_size, device, splits.labels,
+                          with_probabilities=True) if encoded["test"] else None
+    test_probabilities = test.pop("probabilities") if test else None
     train_scored = sample_rows(encoded["train"], cfg.eval.train_rows, cfg.train.seed)
     train_scores = evaluate_items(model, train_scored, eval_collate, cfg.eval.batch_size, device, splits.labels)
     cached = cache.close() if cache is not None else None
@@ -141,6 +144,8 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
     if test is not None:
         dist.on_main(write_text_atomic, run_dir / "test_metrics.json", json.dumps(test, indent=1, ensure_ascii=False))
         dist.on_main(write_text_atomic, run_dir / "test_report.txt", format_report(test) + "\n")
+        dist.on_main(write_text_atomic, run_dir / "test_predictions.jsonl", prediction_lines(
+            [e.text for e in splits.test], [y for _, y in encoded["test"]], test_probabilities, splits.labels))
 
     summary = {
         "task": "classification",
