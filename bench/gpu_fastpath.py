@@ -1,6 +1,6 @@
 """The GPU fast path against the stock Hugging Face path, side by side on identical rows, in one run.
 
-    python bench/gpu_fastpath.py --out OUT [--cases a,b,c,d,e] [--tiny] [--compile] [--auto] [--liger] [--budgets 2048,4096]
+    python bench/gpu_fastpath.py --out OUT [--cases a,b,c,d,e] [--tiny] [--compile] [--graphs] [--auto] [--liger] [--budgets 2048,4096]
 
 Cases (issue 15), random-init models of real shapes, bf16:
   (a) full SFT, Qwen2-0.5B shape, batch 8, prompt+answer 64-1024 tokens
@@ -15,7 +15,8 @@ off, train.compile off; fused AdamW, chunked LM-head loss); with --auto, also bo
 varlen attention, `tunelab.model.varlen`); (4) with --compile, padded and packed also with train.compile
 on (SFT and classification); (5) with --liger, packed again after Liger-Kernel's Triton RMSNorm, RoPE and SwiGLU replaced the
 model's own (an experiment: is the step launch-bound enough that fused kernels pay?); (6) with
---budgets, padded and packed with train.max_tokens_per_micro_batch at each value. A variant
+--budgets, padded and packed with train.max_tokens_per_micro_batch at each value; (7) with --graphs,
+packed with train.cuda_graphs on (each micro-batch one replayed CUDA graph), compiled too with --compile. A variant
 that fails prints its error and the run goes on. Reported: real (non-pad) tokens/s over the training steps, first to last (CUDA-synchronised;
 set-up, validation and checkpoint writes left out of both paths, compile time included), MFU,
 peak GPU memory, the mean training loss of the last 10 steps.
@@ -220,7 +221,7 @@ def run_stock(task: str, folder: Path, rows: list[dict], trainable: str, steps: 
 
 
 def tunelab_config(task: str, folder: Path, data: Path, trainable: str, steps: int, batch: int, out: Path, max_length: int,
-                   packing: str, compile: str, budget: int | None = None) -> dict:
+                   packing: str, compile: str, budget: int | None = None, graphs: str = "off") -> dict:
     """The raw tunelab config every tunelab variant trains with (bench/gpu_estimate.py uses it too)."""
     raw = {
         "task": task,
@@ -229,7 +230,7 @@ def tunelab_config(task: str, folder: Path, data: Path, trainable: str, steps: i
                  "packing": packing},
         "model": {"name": str(folder), "trainable": trainable},
         "train": {"max_steps": steps, "batch_size": batch, "lr": 5e-5 if trainable != "lora" else 5e-4, "eval_every": 10**6, "seed": 123,
-                  "warmup": 0.1, "compile": compile, "max_tokens_per_micro_batch": budget},
+                  "warmup": 0.1, "compile": compile, "max_tokens_per_micro_batch": budget, "cuda_graphs": graphs},
         "eval": {"train_rows": 64},
     }
     if task == "sft":
@@ -241,18 +242,23 @@ def tunelab_config(task: str, folder: Path, data: Path, trainable: str, steps: i
 
 
 def run_tunelab(task: str, folder: Path, data: Path, trainable: str, steps: int, batch: int, out: Path, max_length: int, n: int,
-                packing: str, compile: str, budget: int | None = None) -> dict:
+                packing: str, compile: str, budget: int | None = None, graphs: str = "off") -> dict:
     from tunelab.config import validate_dict
     from tunelab.tasks import recipe
 
-    raw = tunelab_config(task, folder, data, trainable, steps, batch, out, max_length, packing, compile, budget)
+    raw = tunelab_config(task, folder, data, trainable, steps, batch, out, max_length, packing, compile, budget, graphs)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    s = recipe(task)(validate_dict(raw), force=True, log=lambda *a: None)
+    lines = []
+    s = recipe(task)(validate_dict(raw), force=True, log=lines.append)
+    for line in lines:  # what the fast path's switches resolved to, and the graphs' captures
+        if "cuda_graphs" in line or "data.packing" in line or "train.compile" in line:
+            print(f"    {out.name}: {line}", flush=True)
     losses = [json.loads(line).get("train_loss") for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [x for x in losses if x is not None]
     return {"tokens_per_s": s["train_tokens_per_second"], "seconds": s["step_seconds"], "peak_gib": s["peak_memory_mb"] / 1024,
             "last_loss": losses[-1] if losses else None, "mfu": mfu(s["train_tokens_per_second"], n, trainable == "lora"), "precision": s["precision"], "packing": s.get("packing"),
+            "cuda_graphs": s.get("cuda_graphs"),
             **steady(s["train_tokens_per_second"] * s["step_seconds"], s["step_seconds"], s.get("first_step_seconds"), steps)}
 
 
@@ -285,6 +291,7 @@ def main() -> None:
     ap.add_argument("--variants", default="", help="only these tunelab variants, comma-separated (default: all asked for)")
     ap.add_argument("--auto", action="store_true", help="also run with data.packing and train.compile auto (the defaults)")
     ap.add_argument("--liger", action="store_true", help="also run packed with Liger-Kernel's fused norm/rope/swiglu (if installed)")
+    ap.add_argument("--graphs", action="store_true", help="also run packed with train.cuda_graphs on (and compiled too with --compile)")
     ap.add_argument("--budgets", default="", help="comma-separated train.max_tokens_per_micro_batch values: padded and packed runs with each")
     args = ap.parse_args()
     out = Path(args.out)
@@ -308,23 +315,29 @@ def main() -> None:
         r = {}
         if torch.cuda.is_available():
             r["stock"] = run_stock(task, folder, rows, trainable, steps, batch, work / f"hf-{case}", max_length)
-        variants = {"tunelab": ("off", "off", None), "tunelab_packed": ("on", "off", None)}
-        if args.auto:  # what a user gets without setting either switch (tunelab.train.fastpath)
-            variants["tunelab_auto"] = ("auto", "auto", None)
+        # (data.packing, train.compile, train.max_tokens_per_micro_batch, train.cuda_graphs)
+        variants = {"tunelab": ("off", "off", None, "off"), "tunelab_packed": ("on", "off", None, "off")}
+        if args.auto:  # what a user gets without setting any switch (tunelab.train.fastpath)
+            variants["tunelab_auto"] = ("auto", "auto", None, "auto")
         for b in filter(None, args.budgets.split(",")):
-            variants[f"tunelab_b{b}"], variants[f"tunelab_packed_b{b}"] = ("off", "off", int(b)), ("on", "off", int(b))
+            variants[f"tunelab_b{b}"], variants[f"tunelab_packed_b{b}"] = ("off", "off", int(b), "off"), ("on", "off", int(b), "off")
+        if args.graphs:
+            variants["tunelab_packed_graphs"] = ("on", "off", None, "on")
         if compile_variant:  # train.compile: on, padded and packed
-            variants["tunelab_compile"] = ("off", "on", None)
-            variants["tunelab_packed_compile"] = ("on", "on", None)
+            variants["tunelab_compile"] = ("off", "on", None, "off")
+            variants["tunelab_packed_compile"] = ("on", "on", None, "off")
+            if args.graphs:
+                variants["tunelab_packed_compile_graphs"] = ("on", "on", None, "on")
         if args.liger:
-            variants["tunelab_packed_liger"] = ("on", "off", None)
+            variants["tunelab_packed_liger"] = ("on", "off", None, "off")
         if args.variants:  # e.g. --variants tunelab,tunelab_auto: only these (the stock path always runs)
             variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
-        for name, (packing, compile, budget) in variants.items():
+        for name, (packing, compile, budget, graphs) in variants.items():
             try:
                 if name.endswith("_liger"):
                     liger(SHAPES[shape][0])
-                r[name] = run_tunelab(task, folder, data, trainable, steps, batch, work / f"run-{case}-{name}", max_length, n, packing, compile, budget)
+                r[name] = run_tunelab(task, folder, data, trainable, steps, batch, work / f"run-{case}-{name}", max_length, n, packing, compile, budget,
+                                      graphs)
             except Exception as err:  # one failed variant must not cost the others' device time
                 print(f"({case}) {name} failed: {type(err).__name__}: {err}", flush=True)
         results[case] = {"task": task, "shape": shape, "trainable": trainable, "batch": batch, "lengths": [lo, hi], "steps": steps, **r}

@@ -62,6 +62,7 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
     from tunelab.classify.objective import ClassificationObjective, balanced_class_weights
     from tunelab.classify.packing import resolve_packing, restore_attention, use_varlen, varlen_blocker
     from tunelab.train.compiling import eager, setup_compile, uncompile_blocks
+    from tunelab.train.cuda_graphs import resolve_cuda_graphs
     from tunelab.train.fastpath import classification_auto
     from tunelab.train.loop import fit, plan_steps
 
@@ -121,6 +122,8 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
     plan = plan_steps(len(encoded["train"]), cfg.train, micro_batch=1 if cfg.data.padding == "none" and not packed else None,
                       lengths=train_lengths)  # for train.max_tokens_per_micro_batch
     compiled = setup_compile(cfg.train, model, device, log, auto if packed else None)
+    if cfg.train.cuda_graphs == "on":  # auto stays quiet: graphs are an SFT path for now
+        log(resolve_cuda_graphs("on", device.type, "classification", packed, dist.world_size(), cfg.train.gradient_checkpointing)[1])
 
     def validate(m):
         with eager(compiled):  # no gradients, other shapes: compiled blocks would recompile

@@ -26,7 +26,7 @@ import itertools
 import torch
 
 from tunelab.sft.tokenize import IGNORE
-from tunelab.train.batch import pad
+from tunelab.train.batch import bucket, pad
 
 
 def count_targets(labels: torch.Tensor) -> torch.Tensor:
@@ -73,7 +73,7 @@ def collate(examples: list[dict], pad_id: int, multiple_of: int | None = None) -
             "num_target_tokens": count_targets(label_ids), "target_index": target_index(label_ids)}
 
 
-def pack(examples: list[dict]) -> dict:
+def pack(examples: list[dict], fixed_shapes: bool = False) -> dict:
     """Concatenate a list of {"input_ids", "labels"} into one (1, N) row, N = the total length.
 
     Returns input_ids, position_ids (0, 1, ... for each example), labels (the first label of each
@@ -88,6 +88,13 @@ def pack(examples: list[dict]) -> dict:
     ([[5, 6, 2, 7, 2]], [[0, 1, 2, 0, 1]], [[-100, 6, 2, -100, 2]])
     >>> int(b["num_target_tokens"]), b["target_index"].tolist(), b["cu_seq_lens"].tolist(), b["max_length"]
     (3, [0, 1, 3], [0, 3, 5], 3)
+
+    `fixed_shapes` (for CUDA graphs, `tunelab.train.cuda_graphs`) rounds the varying sizes up onto
+    a few (`tunelab.train.batch.bucket`): the row gets a tail of padding tokens that is its own
+    example (positions from 0, labels -100, attention inside the tail only), `target_index` is
+    filled up with the tail's first position (whose next label is -100, so it adds no loss and no
+    gradient), and `max_length` is the row's length (an upper bound is all the kernel needs).
+    `num_target_tokens` stays the real count, so the loss and gradients are unchanged.
     """
     ids, labels, positions = [], [], []
     for e in examples:
@@ -96,9 +103,19 @@ def pack(examples: list[dict]) -> dict:
         ids += e["input_ids"]
         labels += [IGNORE, *e["labels"][1:]]  # the first token is never a target (as in `collate`)
         positions += range(n)
-    label_ids = torch.tensor([labels], dtype=torch.long)  # (1, N)
     lengths = [len(e["input_ids"]) for e in examples]
+    real = len(ids)
+    if fixed_shapes:  # a tail of at least 2 tokens: its first position predicts an ignored label
+        tail = bucket(real + 2) - real
+        ids += [ids[-1]] * tail
+        labels += [IGNORE] * tail
+        positions += range(tail)
+        lengths.append(tail)
+    label_ids = torch.tensor([labels], dtype=torch.long)  # (1, N)
+    index = target_index(label_ids)
+    if fixed_shapes:
+        index = torch.cat([index, torch.full((bucket(len(index)) - len(index),), real, dtype=index.dtype)])
     cu_seq_lens = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
     return {"input_ids": torch.tensor([ids], dtype=torch.long), "position_ids": torch.tensor([positions], dtype=torch.long),
-            "labels": label_ids, "num_target_tokens": count_targets(label_ids), "target_index": target_index(label_ids),
-            "cu_seq_lens": cu_seq_lens, "max_length": max(lengths)}
+            "labels": label_ids, "num_target_tokens": count_targets(label_ids), "target_index": index,
+            "cu_seq_lens": cu_seq_lens, "max_length": len(ids) if fixed_shapes else max(lengths)}

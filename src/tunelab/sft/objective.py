@@ -13,7 +13,8 @@ tokens that are never scored. So the model runs up to its LM head, the head is h
 slice (a forward pre-hook keeps the final hidden states instead), and the head is applied here
 to the target positions alone, `CE_CHUNK` rows at a time, with an fp32 cross-entropy per chunk
 and the chunk losses summed. When there is more than one chunk each chunk is checkpointed
-(recomputed in the backward pass), so at most one chunk's logits are alive at any time. This is
+(recomputed in the backward pass; nothing random in it, so no RNG state is kept, which a CUDA
+graph capture would refuse), so at most one chunk's logits are alive at any time. This is
 plain torch on purpose: no fused-kernel package (Liger, flash-attn's CE, ...) is installed on
 the target GPU machine, and the chunked head needs none.
 
@@ -173,7 +174,7 @@ def sft_loss(model, batch: dict, chunk_size: int = CE_CHUNK) -> tuple[torch.Tens
     loss_sum = None
     for start in range(0, max(rows.shape[0], 1), chunk_size):  # at least one chunk: no targets give 0 with a gradient
         args = (head, cap, capture.autocast, rows[start:start + chunk_size], targets[start:start + chunk_size])
-        part = checkpoint(_chunk_loss, *args, use_reentrant=False) if recompute else _chunk_loss(*args)
+        part = checkpoint(_chunk_loss, *args, use_reentrant=False, preserve_rng_state=False) if recompute else _chunk_loss(*args)
         loss_sum = part if loss_sum is None else loss_sum + part
     return loss_sum, n_targets
 

@@ -15,8 +15,9 @@ summary.json.
 
 The GPU fast path, each part a config switch with the same loss as without it: `data.packing`
 (padding-free packed micro-batches, `use_packing`), `train.max_tokens_per_micro_batch` (micro-
-batches cut by tokens, in the loop), `train.gradient_checkpointing` and `train.compile` (the
-transformer blocks compiled, CUDA only). The loss never builds full logits (sft/objective.py).
+batches cut by tokens, in the loop), `train.gradient_checkpointing`, `train.compile` (the
+transformer blocks compiled, CUDA only) and `train.cuda_graphs` (each packed micro-batch one
+replayed CUDA graph, `tunelab.train.cuda_graphs`). The loss never builds full logits (sft/objective.py).
 Validation runs with the model's usual attention and its compiled blocks eager (`plain_model`),
 and packing and compiling are undone after training, so evaluation, generation and the exported
 model are the plain model.
@@ -205,6 +206,7 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
     from tunelab.sft.objective import CE_CHUNK, SftObjective, head_is_plain
     from tunelab.sft.templates import TEMPLATE_FILE, save_template
     from tunelab.train.compiling import setup_compile, uncompile_blocks
+    from tunelab.train.cuda_graphs import resolve_cuda_graphs
     from tunelab.train.loop import fit, plan_steps
 
     assert cfg.task == "sft" and cfg.sft is not None
@@ -250,8 +252,13 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
     plan = plan_steps(len(encoded["train"]), cfg.train, micro_batch=1 if cfg.data.padding == "none" and not packing else None,
                       lengths=train_lengths)
     compiled = setup_compile(cfg.train, model, device, log)
+    graphs, why = resolve_cuda_graphs(cfg.train.cuda_graphs, device.type, "sft", packing, dist.world_size(), cfg.train.gradient_checkpointing)
+    if graphs:
+        batch_of = functools.partial(pack, fixed_shapes=True)
+    if cfg.train.cuda_graphs != "auto" or device.type == "cuda":
+        log(why)
     result = fit(model, encoded["train"], batch_of, SftObjective(), validate if encoded["validation"] else None, cfg.train,
-                 plan, run_dir, accelerator, resume=resume, lengths=train_lengths if group else None, log=log)
+                 plan, run_dir, accelerator, resume=resume, lengths=train_lengths if group else None, log=log, cuda_graphs=graphs)
     model = result.model  # plain and whole on every process, the best weights
     model.eval()
     if compiled:
@@ -278,6 +285,7 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
         "trainable_params": info["trainable_params"],
         "total_params": info["total_params"],
         "packing": packing,
+        "cuda_graphs": graphs,
         **run_facts(cfg, result, report["train_tokens"]["total"], started, device, precision),
         "train": {"loss": train_loss["loss"], "perplexity": train_loss["perplexity"]},
         "validation": {k: result.best[k] for k in ("loss", "perplexity")} if result.best else None,

@@ -1,4 +1,5 @@
-"""One `pad` for every task: lists of token ids -> a right-padded (B, T) tensor and its mask.
+"""One `pad` for every task: lists of token ids -> a right-padded (B, T) tensor and its mask;
+and `bucket`, the one rounding of a varying size onto a few fixed ones.
 
 Right padding only: training and scoring find each row's last real token from the mask, and
 generation pads on the left inside transformers' tokenizer, not here.
@@ -31,3 +32,17 @@ def pad(seqs: list[list[int]], value: int, width: int | None = None, multiple_of
     lengths = torch.tensor([len(s) for s in seqs]).unsqueeze(1)  # (B, 1)
     mask = (torch.arange(width).unsqueeze(0) < lengths).long()  # (B, T)
     return ids, mask
+
+
+def bucket(n: int, per_octave: int = 8, smallest: int = 64) -> int:
+    """`n` rounded up onto a grid with `per_octave` steps between powers of two (at least
+    `smallest`): sizes that vary every batch fall on a few shapes, each wasting at most
+    1/per_octave of it. What CUDA graphs and compilers need, which record one program per shape.
+
+    >>> [bucket(n) for n in (1, 64, 65, 1000, 1025, 4352)]
+    [64, 64, 72, 1024, 1152, 4608]
+    """
+    if n <= smallest:
+        return smallest
+    step = max(1, (1 << (n - 1).bit_length() - 1) // per_octave)
+    return -(-n // step) * step

@@ -16,11 +16,14 @@ examples may be cut into micro-batches by a token budget (`train.max_tokens_per_
 No host syncs inside the micro-batch loop: batches go to the GPU from pinned memory without
 blocking, losses are summed on the device, and one read-back per step (gradient norm, loss) feeds
 the non-finite check and the log. On CUDA the optimizer is fused AdamW (`make_optimizer`); the recipes
-compile the transformer blocks when `train.compile` resolves to on (`tunelab.train.compiling`).
+compile the transformer blocks when `train.compile` resolves to on (`tunelab.train.compiling`), and
+with `train.cuda_graphs` each micro-batch's forward and backward is one replayed CUDA graph
+(`tunelab.train.cuda_graphs`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -34,6 +37,7 @@ import torch
 from tunelab.errors import TunelabError
 from tunelab.train import checkpoint as ckpt
 from tunelab.train import distributed as dist
+from tunelab.train.cuda_graphs import MicroStepGraphs
 from tunelab.train.optim import make_optimizer, make_scheduler, warmup_steps
 
 # A step whose loss or gradients are nan/inf is skipped (as a loss scaler would); this many in a
@@ -171,11 +175,13 @@ def fit(
     resume: bool = False,
     lengths: list[int] | None = None,
     log: Callable[[str], None] = print,
+    cuda_graphs: bool = False,
 ) -> LoopResult:
     """Train `model` on `dataset` (a list of items `collate` understands) and keep the best
     checkpoint by the validation metric. Writes `metrics.jsonl` and `checkpoints/` in run_dir.
     `plan` (from `plan_steps`) cuts the data into steps and micro-batches; `lengths` (one per
-    example) turns on batching by similar length."""
+    example) turns on batching by similar length; `cuda_graphs` (resolved by the recipe,
+    `tunelab.train.cuda_graphs`) replays each micro-batch shape as one captured CUDA graph."""
     from tunelab.progress import progress_bar
 
     cut = f"micro-batches of at most {plan.max_tokens} tokens, {plan.step_size} examples per step" if plan.max_tokens else \
@@ -189,6 +195,9 @@ def fit(
     scheduler = make_scheduler(optimizer, plan.total_steps, plan.warmup, train_cfg.schedule)
     model, optimizer = sharding.prepare(model, optimizer)
     plain = sharding.module(model)  # what checkpoints and evaluation see
+    graphs = None
+    if cuda_graphs:
+        graphs = MicroStepGraphs(model, functools.partial(micro_step, model, objective, accelerator), accelerator.device, log)
 
     ckpt_root = run_dir / "checkpoints"
     metrics_path = run_dir / "metrics.jsonl"
@@ -214,7 +223,7 @@ def fit(
         epoch, within = divmod(step, plan.steps_per_epoch)
         if cached_epoch[0] != epoch:
             cached_epoch[:] = [epoch, epoch_order(epoch, plan, train_cfg.seed, lengths)]
-        step_loss, total_targets = _forward_backward(model, cached_epoch[1][within], dataset, collate, objective, plan, sharding, accelerator)
+        step_loss, total_targets = _forward_backward(model, cached_epoch[1][within], dataset, collate, objective, plan, sharding, accelerator, graphs)
         # The gradient norm (clipping at infinity leaves the gradients as they are) tells whether
         # this update is finite; a non-finite one is skipped so it cannot poison the weights. A
         # nan/inf loss gives such gradients too; the norm is taken after the all-reduce, so every
@@ -237,7 +246,7 @@ def fit(
                     f"up to step {step + 1}. Lower train.lr (now {train_cfg.lr:g}) or set train.precision=fp32; "
                     f"checkpoints written so far are in {ckpt_root}.")
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=graphs is None)  # graphs add into the gradients where they were captured
         counters["step"] = step + 1
         running.append(step_loss / total_targets)
         lr = scheduler.get_last_lr()[0]
@@ -271,6 +280,9 @@ def fit(
             counters["train_seconds"] = time.perf_counter() - started
             ckpt.save_checkpoint(ckpt_root, counters["step"], plain, optimizer, scheduler, counters)
     bar.close()
+    if graphs is not None:
+        log(graphs.describe())
+        graphs = None  # the captured graphs' memory goes back before evaluation and export
     counters["train_seconds"] = max(counters["train_seconds"], time.perf_counter() - started) if counters["step"] else 0.0
     best = None
     if evaluate is not None:
@@ -279,11 +291,13 @@ def fit(
                       counters.get("step_seconds", counters["train_seconds"]), sharding.full_model(model), counters.get("first_step_seconds"))
 
 
-def _forward_backward(model, step_indices: list[int], dataset: list, collate, objective: Objective, plan: LoopPlan, sharding, accelerator):
+def _forward_backward(model, step_indices: list[int], dataset: list, collate, objective: Objective, plan: LoopPlan, sharding, accelerator,
+                      graphs: MicroStepGraphs | None = None):
     """Forward and backward passes of this process's micro-batches of one optimizer step (its
-    share from `distributed.split_step`; every process runs as many). Returns this step's loss
-    summed over all processes (a device tensor) and its targets over all processes (a float with
-    one process, a device tensor otherwise), by which every micro-loss is divided."""
+    share from `distributed.split_step`; every process runs as many), through `graphs` when given.
+    Returns this step's loss summed over all processes (a device tensor) and its targets over all
+    processes (a float with one process, a device tensor otherwise), by which every micro-loss is
+    divided."""
     world = dist.world_size()
     parts = dist.split_step(step_indices, micro_batches(step_indices, plan), world, plan.lengths if plan.max_tokens else None)[dist.rank()]
     # A stand-in micro-batch ([]: this process has no examples left for it) runs the step's first
@@ -297,14 +311,25 @@ def _forward_backward(model, step_indices: list[int], dataset: list, collate, ob
     step_loss = torch.zeros((), device=accelerator.device)
     for k, (batch, part) in enumerate(zip(micro, parts)):
         batch = _to_device(batch, accelerator.device)
-        with sharding.grad_sync(model, k == len(micro) - 1):
-            loss_sum = objective(model, batch)
-            if not part:
-                loss_sum = loss_sum * 0.0
-            # DDP and FSDP average gradients over processes; times world gives the global mean.
-            accelerator.backward(loss_sum * world / total_targets)
-        step_loss += loss_sum.detach().float().to(step_loss.device)
+        # DDP and FSDP average gradients over processes; times world gives the global mean.
+        scale = world / total_targets if part else 0.0
+        if graphs is not None:  # one process (resolve_cuda_graphs): no stand-ins, no grad_sync
+            loss_sum = graphs(batch, scale)
+        else:
+            with sharding.grad_sync(model, k == len(micro) - 1):
+                loss_sum = micro_step(model, objective, accelerator, batch, scale)
+        if part:
+            step_loss += loss_sum.to(step_loss.device)
     return (dist.all_sum(step_loss) if world > 1 else step_loss), total_targets
+
+
+def micro_step(model, objective: Objective, accelerator, batch: dict, scale) -> torch.Tensor:
+    """Forward and backward pass of one micro-batch, its summed loss times `scale` (a float or a
+    device scalar: 1 / the step's targets) back-propagated; returns the summed loss, detached, fp32.
+    The same call is what `MicroStepGraphs` captures."""
+    loss_sum = objective(model, batch)
+    accelerator.backward(loss_sum * scale)
+    return loss_sum.detach().float()
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
