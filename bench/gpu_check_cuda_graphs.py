@@ -12,6 +12,7 @@ checks that the capture itself holds: no host sync, no allocation outside the po
 import json
 import os
 import sys
+import traceback
 
 import torch
 import transformers as tf
@@ -20,7 +21,7 @@ sys.path[:0] = ["src", "."]
 from tunelab.config import TrainConfig  # noqa: E402
 from tunelab.model import varlen  # noqa: E402
 from tunelab.sft.collate import pack  # noqa: E402
-from tunelab.sft.objective import SftObjective  # noqa: E402
+from tunelab.sft.objective import SftObjective, head_is_plain  # noqa: E402
 from tunelab.train.loop import fit, plan_steps  # noqa: E402
 from tunelab.train.runtime import make_accelerator  # noqa: E402
 
@@ -48,6 +49,7 @@ def run(arch: str, graphs: bool, root: str) -> dict:
     torch.manual_seed(0)
     model = tf.AutoModelForCausalLM.from_config(config_of(arch))
     model.set_attn_implementation(varlen.register())
+    assert head_is_plain(model)  # decided before training, as the recipe does (the chunked head-only loss)
     rows = data()
     cfg = TrainConfig(max_steps=12, batch_size=8, lr=1e-3, warmup=0, device="cuda", precision="bf16", max_tokens_per_micro_batch=160,
                       eval_every=10**6, max_grad_norm=None)
@@ -73,7 +75,25 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
+def _loud_record():
+    """The first failed capture prints its whole traceback (the log keeps one line)."""
+    from tunelab.train import cuda_graphs
+
+    real = cuda_graphs._CudaBackend.record
+
+    def record(self, fn):
+        try:
+            return real(self, fn)
+        except Exception:
+            if not getattr(record, "printed", False):
+                traceback.print_exc()
+                record.printed = True
+            raise
+    cuda_graphs._CudaBackend.record = record
+
+
 def main() -> None:
+    _loud_record()
     out = os.environ.get("OUT", "/tmp")
     print("torch", torch.__version__, "transformers", tf.__version__, torch.cuda.get_device_name(), flush=True)
     report = {}

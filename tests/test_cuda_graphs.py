@@ -19,7 +19,7 @@ from tests.helpers import one_thread, tiny_model, tiny_tokenizer
 from tests.test_sft_packing import ARCHS, examples, grads, tiny_lm
 
 from tunelab.config import TrainConfig
-from tunelab.sft.collate import pack
+from tunelab.sft.collate import TARGET_STEPS_PER_OCTAVE, pack
 from tunelab.sft.objective import SftObjective, sft_loss
 from tunelab.train import cuda_graphs
 from tunelab.train.batch import bucket
@@ -44,7 +44,7 @@ def test_fixed_shape_rows_give_the_loss_and_gradients_of_plain_packed_rows(arch,
     exs = examples()
     plain, fixed = pack(exs), pack(exs, fixed_shapes=True)
     n = plain["input_ids"].shape[1]
-    assert fixed["input_ids"].shape[1] == bucket(n + 2) and len(fixed["target_index"]) == bucket(len(plain["target_index"]))
+    assert fixed["input_ids"].shape[1] == bucket(n + 2) and len(fixed["target_index"]) == bucket(len(plain["target_index"]), TARGET_STEPS_PER_OCTAVE)
     assert fixed["max_length"] == fixed["input_ids"].shape[1] and int(fixed["num_target_tokens"]) == int(plain["num_target_tokens"])
     loss_plain, _ = sft_loss(model, plain)
     loss_plain.backward()

@@ -28,6 +28,11 @@ import torch
 from tunelab.sft.tokenize import IGNORE
 from tunelab.train.batch import bucket, pad
 
+# Fixed-shape rows round the target count more coarsely than the row length: a padded target costs
+# one LM-head row (about a tenth of a token's whole cost for a Qwen2-0.5B shape), and every new
+# (length, targets) pair is one more CUDA graph to capture.
+TARGET_STEPS_PER_OCTAVE = 4
+
 
 def count_targets(labels: torch.Tensor) -> torch.Tensor:
     """Number of trained tokens after the causal shift (position 0 is never predicted).
@@ -114,7 +119,7 @@ def pack(examples: list[dict], fixed_shapes: bool = False) -> dict:
     label_ids = torch.tensor([labels], dtype=torch.long)  # (1, N)
     index = target_index(label_ids)
     if fixed_shapes:
-        index = torch.cat([index, torch.full((bucket(len(index)) - len(index),), real, dtype=index.dtype)])
+        index = torch.cat([index, torch.full((bucket(len(index), TARGET_STEPS_PER_OCTAVE) - len(index),), real, dtype=index.dtype)])
     cu_seq_lens = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
     return {"input_ids": torch.tensor([ids], dtype=torch.long), "position_ids": torch.tensor([positions], dtype=torch.long),
             "labels": label_ids, "num_target_tokens": count_targets(label_ids), "target_index": index,

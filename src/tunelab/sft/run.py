@@ -78,25 +78,35 @@ def meta_sft_model(cfg: RunConfig, folder):
     return model, {"checkpointing": cfg.train.gradient_checkpointing, "logit_rows": CE_CHUNK}
 
 
-def use_packing(setting: str, model, device, log=print) -> tuple[bool, str]:
-    """`data.packing` resolved: auto is off for now (on the H200, packed rows with flex attention
-    measured 0.62x the padded path's tokens/s for full SFT of a Qwen2-0.5B shape and 0.76x for
-    LoRA: uncompiled flex attention is slow; docs/benchmarks.md). `on` packs. When on, the model moves to
-    `device`, tries the attention kernels `packed_attention` lists, best first, and
-    `packing_isolates` must confirm that packed examples stay apart; a model that mixes them
-    trains on padded batches instead (logged), never on mixed ones.
+def use_packing(setting: str, model, device, log=print, graphs_blocker: str | None = None) -> tuple[bool, str]:
+    """`data.packing` resolved. `auto` packs where the packed micro-batches can be replayed as CUDA
+    graphs on the varlen kernel (`graphs_blocker`: why they cannot, None when they can; the rule
+    and its measurements in `tunelab.train.fastpath.sft_auto`), and pads elsewhere. `on` packs.
+    When packing, the model moves to `device`, tries the attention kernels `packed_attention`
+    lists, best first (auto: the varlen kernel only), and `packing_isolates` must confirm that
+    packed examples stay apart; a model that mixes them trains on padded batches instead (logged),
+    never on mixed ones.
 
     Returns (packing, the attention implementation the model had before) so the caller can undo it.
     """
+    from tunelab.model import varlen
     from tunelab.sft.objective import packed_attention, packing_isolates
+    from tunelab.train.fastpath import sft_auto
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     before = base.config._attn_implementation
-    if setting != "on":
+    kernels = packed_attention(base.config, device.type)
+    if setting == "auto":
+        choice = sft_auto(device.type, graphs_blocker, varlen.NAME in kernels)
+        if not choice.packing:
+            log(f"data.packing auto -> off ({device.type}): {choice.why}")
+            return False, before
+        kernels = [varlen.NAME]
+    elif setting != "on":
         log(f"data.packing {setting} -> off ({device.type}): padded micro-batches")
         return False, before
     model.to(device)
-    for attn in packed_attention(base.config, device.type):
+    for attn in kernels:
         try:
             base.set_attn_implementation(attn)
         except (ValueError, ImportError) as err:
@@ -232,7 +242,9 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
         f"{info['trainable_params']:,} of {info['total_params']:,} parameters; device {device}, {precision}")
 
     pad_id = tokenizer.pad_token_id
-    packing, attn_before = use_packing(cfg.data.packing, model, device, log)
+    processes, checkpointing = dist.world_size(), cfg.train.gradient_checkpointing
+    graphs_possible, graphs_why = resolve_cuda_graphs(cfg.train.cuda_graphs, device.type, "sft", True, processes, checkpointing)
+    packing, attn_before = use_packing(cfg.data.packing, model, device, log, graphs_blocker=None if graphs_possible else graphs_why)
     batch_of = pack if packing else functools.partial(collate, pad_id=pad_id, multiple_of=max_length if cfg.data.padding == "max_length" else None)
     log(f"loss: LM head on the target positions only, in chunks of {CE_CHUNK}" if head_is_plain(model)
         else "loss: the model's own logits of the target positions (its head post-processes logits)")
@@ -252,7 +264,7 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
     plan = plan_steps(len(encoded["train"]), cfg.train, micro_batch=1 if cfg.data.padding == "none" and not packing else None,
                       lengths=train_lengths)
     compiled = setup_compile(cfg.train, model, device, log)
-    graphs, why = resolve_cuda_graphs(cfg.train.cuda_graphs, device.type, "sft", packing, dist.world_size(), cfg.train.gradient_checkpointing)
+    graphs, why = resolve_cuda_graphs(cfg.train.cuda_graphs, device.type, "sft", packing, processes, checkpointing)
     if graphs:
         batch_of = functools.partial(pack, fixed_shapes=True)
     if cfg.train.cuda_graphs != "auto" or device.type == "cuda":

@@ -145,7 +145,7 @@ class MicroStepGraphs:
         try:
             graph, static_loss = self.backend.record(lambda: self.micro_step(inputs, static_scale))
         except Exception as err:  # an operation a graph cannot hold: eager from here on
-            self.off_reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            self.off_reason = _first_error(err)
             self.log(f"train.cuda_graphs -> off for the rest of the run: the capture failed ({self.off_reason})")
             self.graphs.clear()
             return loss
@@ -166,6 +166,15 @@ class MicroStepGraphs:
         return f"train.cuda_graphs {state}: {self.captures} shapes captured, {self.replays} micro-batches replayed"
 
 
+def _first_error(err: BaseException) -> str:
+    """The error that broke a capture, in one line: the first of the chain (a failed capture's
+    exit raises "operation failed due to a previous error during capture" over the real one)."""
+    while err.__context__ is not None or err.__cause__ is not None:
+        err = err.__cause__ or err.__context__
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
 class _CudaBackend:
     """torch.cuda's graphs on one side stream (warm-up and captures on the same stream, as CUDA's
     libraries keep per-stream workspaces) and one memory pool shared by all captures."""
@@ -182,7 +191,14 @@ class _CudaBackend:
         torch.cuda.current_stream().wait_stream(self.side)
 
     def record(self, fn):
+        """As `torch.cuda.graph(...)` without its device-wide synchronize and `empty_cache` on
+        entry: those make every later allocation of the run a fresh cudaMalloc again, once per
+        captured shape."""
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, stream=self.side, capture_error_mode="thread_local"):
-            out = fn()
+        with torch.cuda.stream(self.side):
+            graph.capture_begin(self.pool, capture_error_mode="thread_local")
+            try:
+                out = fn()
+            finally:
+                graph.capture_end()
         return graph, out
