@@ -16,7 +16,7 @@ import contextlib
 import pytest
 import torch
 from tests.helpers import one_thread, tiny_model, tiny_tokenizer
-from tests.test_sft_packing import ARCHS, examples, grads, tiny_lm
+from tests.test_sft_packing import ARCHS, _run, examples, grads, model_and_data, tiny_lm  # noqa: F401 (a fixture)
 
 from tunelab.config import TrainConfig
 from tunelab.sft.collate import TARGET_STEPS_PER_OCTAVE, pack
@@ -119,6 +119,22 @@ class StandInBackend:
 _model_of_test = None
 
 
+@pytest.fixture
+def stand_in(monkeypatch):
+    """Graphs on a CPU: the stand-in backend, told which model's gradients a capture must leave alone."""
+    real_init = cuda_graphs.MicroStepGraphs.__init__
+
+    def init(self, model, *args, **kwargs):
+        global _model_of_test
+        _model_of_test = model
+        real_init(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(cuda_graphs.MicroStepGraphs, "__init__", init)
+    monkeypatch.setattr(cuda_graphs, "_CudaBackend", StandInBackend)
+    StandInBackend.calls.update(record=0, replay=0)
+    return StandInBackend
+
+
 def _sft_data(n=24, seed=0):
     g = torch.Generator().manual_seed(seed)
     data = []
@@ -132,10 +148,8 @@ def _sft_data(n=24, seed=0):
 def _fit(tmp_path, monkeypatch, graphs: bool, steps=8, max_tokens=None):
     """A tiny SFT run; returns the model, the loop's result, the log and each step's gradients
     (no clipping, so that a wrong loss scale shows in them; AdamW's update would hide it)."""
-    global _model_of_test
     tok = tiny_tokenizer()
     model = tiny_model(tok, seed=0)
-    _model_of_test = model
     data = _sft_data()
     cfg = TrainConfig(max_steps=steps, batch_size=4, lr=1e-3, warmup=0, device="cpu", max_tokens_per_micro_batch=max_tokens,
                       eval_every=10**6, max_grad_norm=None)
@@ -167,11 +181,9 @@ def _assert_same_run(a, b):
 
 
 @pytest.mark.parametrize("max_tokens", [None, 40])
-def test_a_run_through_graphs_ends_with_the_eager_runs_weights(tmp_path, monkeypatch, max_tokens):
+def test_a_run_through_graphs_ends_with_the_eager_runs_weights(tmp_path, monkeypatch, stand_in, max_tokens):
     """Eight steps (with a token budget: several micro-batches a step, of different shapes): the
-    replayed micro-steps give the eager run's losses and final weights, and most are replays."""
-    monkeypatch.setattr(cuda_graphs, "_CudaBackend", StandInBackend)
-    StandInBackend.calls.update(record=0, replay=0)
+    replayed micro-steps give the eager run's step gradients, losses and final weights."""
     eager = _fit(tmp_path / "eager", monkeypatch, graphs=False, max_tokens=max_tokens)
     graphed = _fit(tmp_path / "graphs", monkeypatch, graphs=True, max_tokens=max_tokens)
     _assert_same_run(graphed, eager)
@@ -181,8 +193,7 @@ def test_a_run_through_graphs_ends_with_the_eager_runs_weights(tmp_path, monkeyp
     assert summary and f"{StandInBackend.calls['record']} shapes captured, {StandInBackend.calls['replay']} micro-batches replayed" in summary[0]
 
 
-def test_a_failed_capture_turns_graphs_off_and_the_result_stays(tmp_path, monkeypatch):
-    monkeypatch.setattr(cuda_graphs, "_CudaBackend", StandInBackend)
+def test_a_failed_capture_turns_graphs_off_and_the_result_stays(tmp_path, monkeypatch, stand_in):
     monkeypatch.setattr(StandInBackend, "fail", True)
     eager = _fit(tmp_path / "eager", monkeypatch, graphs=False, steps=4)
     graphed = _fit(tmp_path / "graphs", monkeypatch, graphs=True, steps=4)
@@ -222,3 +233,33 @@ def test_where_graphs_run():
     assert "2 processes" in ok("on", "cuda", "sft", True, 2, False)[1]
     assert "gradient_checkpointing" in ok("on", "cuda", "sft", True, 1, True)[1]
     assert "CUDA only" in ok("on", "cpu", "sft", True, 1, False)[1]
+
+
+def test_the_recipe_with_graphs_resumes_after_a_kill_to_the_same_result(request, monkeypatch, stand_in):
+    """`tunelab train` of an SFT config with graphs (forced on here: a CPU resolves them off),
+    killed in step 5 after the checkpoint of step 4 and resumed, ends where the uninterrupted run
+    ends; and it ends where the eager packed run ends."""
+    root, model_dir, data = request.getfixturevalue("model_and_data")  # test_sft_packing's tiny model and rows
+    monkeypatch.setattr(cuda_graphs, "resolve_cuda_graphs", lambda *a: (True, "train.cuda_graphs on (stand-in)"))
+    kw = dict(data_opts={"packing": "on"}, save_every=2)
+    full, lines = _run(root, model_dir, data, "graphs-full", **kw)
+    assert full["cuda_graphs"] is True and any("micro-batches replayed" in x for x in lines) and stand_in.calls["replay"] > 0
+    real_step, calls = torch.optim.AdamW.step, {"n": 0}
+
+    def dying_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("simulated kill")
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        _run(root, model_dir, data, "graphs-crash", **kw)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    resumed, _ = _run(root, model_dir, data, "graphs-crash", resume=True, **kw)
+    assert resumed["steps"] == full["steps"] == 6
+    assert resumed["validation"] == full["validation"] and resumed["train"] == full["train"]
+    monkeypatch.setattr(cuda_graphs, "resolve_cuda_graphs", lambda *a: (False, "train.cuda_graphs off"))
+    eager, _ = _run(root, model_dir, data, "graphs-eager", **kw)
+    assert eager["cuda_graphs"] is False
+    assert eager["validation"]["loss"] == pytest.approx(full["validation"]["loss"], rel=1e-5)
