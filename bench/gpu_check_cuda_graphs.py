@@ -2,12 +2,14 @@
 
     OUT=out python3 bench/gpu_check_cuda_graphs.py     # on the GPU machine, from the repository root
 
-For tiny Llama, Qwen2 and Gemma 3 models (bf16 autocast, packed rows on the varlen kernel), 12
+SFT: for tiny Llama, Qwen2 and Gemma 3 models (bf16 autocast, packed rows on the varlen kernel), 12
 optimizer steps of 8 examples cut into micro-batches of at most 160 tokens (several shapes per
 step): once eagerly and once through graphs, both on the same fixed-shape rows. Prints the largest
 relative difference of each step's gradients and of the final weights, and how many shapes were
 captured and micro-batches replayed (the CPU tests check the bookkeeping with a stand-in; this
 checks that the capture itself holds: no host sync, no allocation outside the pool, RNG).
+Classification: the same for tiny Llama, Qwen2, Gemma 3 and BERT classifiers (last, mean and first
+pooling, causal mask on and off), 12 steps of 16 texts cut at 400 tokens.
 """
 import json
 import os
@@ -71,6 +73,45 @@ def run(arch: str, graphs: bool, root: str) -> dict:
             "losses": [r["train_loss"] for r in result.history], "log": [x for x in lines if "cuda_graphs" in x]}
 
 
+def run_classifier(arch: str, pooling: str, causal: bool, graphs: bool, root: str) -> dict:
+    """The same for a tiny classifier on packed varlen rows (`PackingCollator(fixed_shapes=True)`)."""
+    from tests.helpers import tiny_config
+
+    from tunelab.classify.collate import PackingCollator
+    from tunelab.classify.model import TextClassifier
+    from tunelab.classify.objective import ClassificationObjective
+    from tunelab.classify.packing import use_varlen
+
+    torch.manual_seed(0)
+    cfg = tiny_config(arch, VOCAB)
+    cfg.max_position_embeddings = 256
+    for name in ("attention_dropout", "attn_pdrop", "attention_probs_dropout_prob"):
+        if hasattr(cfg, name):
+            setattr(cfg, name, 0.0)
+    model = TextClassifier(tf.AutoModel.from_config(cfg), 3, pooling=pooling, causal_mask=causal)
+    assert use_varlen(model, torch.device("cuda"), print), arch
+    g = torch.Generator().manual_seed(1)
+    rows = [(torch.randint(3, VOCAB - 1, (int(torch.randint(4, 100, (1,), generator=g)),), generator=g).tolist(), k % 3) for k in range(128)]
+    cfg_t = TrainConfig(max_steps=12, batch_size=16, lr=1e-3, warmup=0, device="cuda", precision="bf16", max_tokens_per_micro_batch=400,
+                        eval_every=10**6, max_grad_norm=None)
+    accelerator, _ = make_accelerator(cfg_t)
+    plan = plan_steps(len(rows), cfg_t, lengths=[len(ids) for ids, _ in rows])
+    grads, lines, real_step = [], [], torch.optim.AdamW.step
+
+    def recording_step(self, *a, **k):
+        grads.append([p.grad.float().clone() for p in model.parameters() if p.grad is not None])
+        return real_step(self, *a, **k)
+
+    torch.optim.AdamW.step = recording_step
+    try:
+        result = fit(model, rows, PackingCollator(0, fixed_shapes=True), ClassificationObjective(), None, cfg_t, plan,
+                     __import__("pathlib").Path(root) / f"cls-{arch}-{pooling}-{causal}-{graphs}", accelerator, log=lines.append, cuda_graphs=graphs)
+    finally:
+        torch.optim.AdamW.step = real_step
+    return {"grads": grads, "weights": [p.detach().float().clone() for p in result.model.parameters()],
+            "losses": [r["train_loss"] for r in result.history], "log": [x for x in lines if "cuda_graphs" in x]}
+
+
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
@@ -105,6 +146,14 @@ def main() -> None:
                         "losses_eager": eager["losses"], "losses_graphs": graphed["losses"], "log": graphed["log"]}
         print(f"{arch}: {len(graphed['grads'])} steps, step gradients within {step_diff:.2e} (relative), weights within {weight_diff:.2e}; "
               f"losses {eager['losses']} vs {graphed['losses']}; {graphed['log']}", flush=True)
+    for arch, pooling, causal in (("llama", "last", True), ("qwen2", "mean", False), ("gemma3", "last", True), ("bert", "first", True)):
+        eager = run_classifier(arch, pooling, causal, False, "/tmp/graphs-check")
+        graphed = run_classifier(arch, pooling, causal, True, "/tmp/graphs-check")
+        step_diff = max(rel(a, b) for sa, sb in zip(graphed["grads"], eager["grads"]) for a, b in zip(sa, sb))
+        weight_diff = max(rel(a, b) for a, b in zip(graphed["weights"], eager["weights"]))
+        report[f"classification-{arch}-{pooling}-{causal}"] = {"max_rel_grad_diff": step_diff, "max_rel_weight_diff": weight_diff, "log": graphed["log"]}
+        print(f"classification {arch} {pooling} causal={causal}: step gradients within {step_diff:.2e}, weights within {weight_diff:.2e}; "
+              f"{graphed['log']}", flush=True)
     with open(os.path.join(out, "cuda_graphs_check.json"), "w") as fh:
         json.dump(report, fh, indent=1)
 

@@ -13,6 +13,7 @@ from tunelab.classify.objective import ClassificationObjective
 from tunelab.classify.packing import block_mask, packing_plan, resolve_packing
 from tunelab.config import LoraConfig
 from tunelab.model.backbone import load_backbone
+from tunelab.train.batch import bucket
 
 DECODERS = ["llama", "qwen2", "gpt2", "gemma3"]
 POOLINGS = ["last", "first", "mean"]
@@ -71,15 +72,20 @@ def _logits_loss_grads(model, batch) -> tuple[torch.Tensor, torch.Tensor, dict]:
     objective = ClassificationObjective(torch.tensor([1.0, 2.0, 0.5]))
     loss = objective(model, batch)
     loss.backward()
-    objective_logits = model(batch["input_ids"], batch.get("attention_mask"), segment_ids=batch.get("segment_ids"), position_ids=batch.get("position_ids"))
+    objective_logits = model(batch["input_ids"], batch.get("attention_mask"), segment_ids=batch.get("segment_ids"), position_ids=batch.get("position_ids"),
+                             cu_seq_lens=batch.get("cu_seq_lens"), max_length=batch.get("max_length"), num_sequences=batch.get("num_sequences"))
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return objective_logits.detach(), loss.detach(), grads
 
 
-def _assert_packed_equals_padded(model, items, multiple_of=None):
+def _assert_packed_equals_padded(model, items, multiple_of=None, fixed_shapes=False):
     padded = ClassificationCollator(_pad_id(model))(items)
-    packed = PackingCollator(_pad_id(model), multiple_of=multiple_of)(items)
-    assert packed["input_ids"].shape == (1, sum(len(ids) for ids, _ in items) + (-sum(len(ids) for ids, _ in items) % (multiple_of or 1)))
+    packed = PackingCollator(_pad_id(model), multiple_of=multiple_of, fixed_shapes=fixed_shapes)(items)
+    total = sum(len(ids) for ids, _ in items)
+    width = bucket(total + 1) if fixed_shapes else total + (-total % (multiple_of or 1))
+    assert packed["input_ids"].shape == (1, width)
+    if fixed_shapes:  # the sizes a CUDA graph needs fixed, given on the CPU
+        assert packed["num_sequences"] == len(items) and packed["max_length"] == width
     logits_a, loss_a, grads_a = _logits_loss_grads(model, padded)
     logits_b, loss_b, grads_b = _logits_loss_grads(model, packed)
     assert logits_b.shape == (len(items), 3)
@@ -142,6 +148,16 @@ def test_qwen2_with_sliding_window_layers(causal):
 def test_padded_tail_of_a_packed_row_changes_nothing(model_root, arch, causal):
     model = _classifier(model_root, arch, "mean", causal)
     _assert_packed_equals_padded(model, _items(), multiple_of=16)
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("arch,causal", [(a, c) for a in DECODERS for c in (True, False)] + [("bert", True), ("roberta", True)])
+def test_fixed_shape_rows_equal_padded(model_root, arch, causal, pooling):
+    """The rows CUDA graphs replay (`fixed_shapes`: bucketed length, a padding tail, the number of
+    examples given so that pooling reads nothing back) give the padded batch's logits, loss and
+    gradients, on the varlen plan the GPU uses (its exact CPU reference) and the mask plans."""
+    _assert_packed_equals_padded(_classifier(model_root, arch, pooling, causal), _items(), fixed_shapes=True)
+    _assert_packed_equals_padded(_as_varlen(_classifier(model_root, arch, pooling, causal)), _items(), fixed_shapes=True)
 
 
 def test_lora_packed_equals_padded(model_root):

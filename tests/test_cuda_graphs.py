@@ -229,7 +229,8 @@ def test_where_graphs_run():
     ok = cuda_graphs.resolve_cuda_graphs
     assert ok("auto", "cuda", "sft", True, 1, False)[0]
     assert not ok("off", "cuda", "sft", True, 1, False)[0]
-    assert "classification" in ok("on", "cuda", "classification", True, 1, False)[1]
+    assert ok("on", "cuda", "classification", True, 1, False)[0]  # asked for: classification graphs are not measured yet
+    assert "set train.cuda_graphs: on" in ok("auto", "cuda", "classification", True, 1, False)[1]
     assert "2 processes" in ok("on", "cuda", "sft", True, 2, False)[1]
     assert "gradient_checkpointing" in ok("on", "cuda", "sft", True, 1, True)[1]
     assert "CUDA only" in ok("on", "cpu", "sft", True, 1, False)[1]
@@ -263,3 +264,27 @@ def test_the_recipe_with_graphs_resumes_after_a_kill_to_the_same_result(request,
     eager, _ = _run(root, model_dir, data, "graphs-eager", **kw)
     assert eager["cuda_graphs"] is False
     assert eager["validation"]["loss"] == pytest.approx(full["validation"]["loss"], rel=1e-5)
+
+
+def test_a_classification_run_through_graphs_equals_the_eager_packed_run(tmp_path, spam_csv, tiny_llama, monkeypatch, stand_in):
+    """`train.cuda_graphs: on` for classification (forced on: a CPU resolves it off): fixed-shape
+    packed rows, pooling told the number of examples, replayed micro-steps; the same metrics as
+    the eager packed run."""
+    from tests.helpers import base_config, write_config
+
+    from tunelab.classify.run import train_classifier
+    from tunelab.config import load_config
+
+    summaries, logs = {}, {}
+    for graphs in (True, False):
+        monkeypatch.setattr(cuda_graphs, "resolve_cuda_graphs", lambda *a, on=graphs: (on, f"train.cuda_graphs {'on' if on else 'off'} (stand-in)"))
+        cfg = base_config(spam_csv, tiny_llama, tmp_path / str(graphs), max_steps=8, eval_every=4, max_grad_norm=None)
+        cfg["data"]["packing"] = "on"
+        logs[graphs] = []
+        summaries[graphs] = train_classifier(load_config(write_config(tmp_path / f"{graphs}.yaml", cfg)), log=logs[graphs].append)
+    on, off = summaries[True], summaries[False]
+    assert on["cuda_graphs"] is True and off["cuda_graphs"] is False and stand_in.calls["replay"] > 0
+    assert any("micro-batches replayed" in x for x in logs[True])
+    for split in ("validation", "test", "train"):
+        assert on[split]["loss"] == pytest.approx(off[split]["loss"], rel=1e-4, abs=1e-5)
+        assert on[split]["accuracy"] == off[split]["accuracy"]

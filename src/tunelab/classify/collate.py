@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tunelab.train.batch import pad
+from tunelab.train.batch import bucket, pad
 
 
 @dataclass
@@ -69,7 +69,11 @@ class PackingCollator:
 
     `multiple_of` (optional) pads the row's end to a multiple of that many tokens, for kernels or
     compilers that like fixed shapes: the tail is its own segment 0 (positions from 0 again), which
-    no example attends to and pooling skips.
+    no example attends to and pooling skips. `fixed_shapes` (for CUDA graphs,
+    `tunelab.train.cuda_graphs`) instead rounds the row up onto a few lengths
+    (`tunelab.train.batch.bucket`) with a tail of at least one token, gives `max_length` as the
+    row's length (an upper bound is all the kernel needs) and `num_sequences`, so that neither
+    attention nor pooling reads a size back from the GPU.
 
     >>> b = PackingCollator(pad_id=0)([([5, 6, 7], 1), ([8, 9], 0)])
     >>> b["input_ids"].tolist(), b["position_ids"].tolist(), b["segment_ids"].tolist(), b["labels"].tolist()
@@ -78,8 +82,8 @@ class PackingCollator:
     ([0, 3, 5], 3)
     """
 
-    def __init__(self, pad_id: int = 0, multiple_of: int | None = None):
-        self.pad_id, self.multiple_of = pad_id, multiple_of
+    def __init__(self, pad_id: int = 0, multiple_of: int | None = None, fixed_shapes: bool = False):
+        self.pad_id, self.multiple_of, self.fixed_shapes = pad_id, multiple_of, fixed_shapes
 
     def __call__(self, items: list[tuple[list[int], int]]) -> dict:
         lengths = torch.tensor([len(ids) for ids, _ in items], dtype=torch.long)  # (B,)
@@ -90,14 +94,17 @@ class PackingCollator:
         position_ids = torch.arange(len(input_ids)) - torch.repeat_interleave(starts, lengths)  # (T,)
         segment_ids = torch.repeat_interleave(torch.arange(1, len(items) + 1), lengths)  # (T,)
         bounds, longest = [0, *torch.cumsum(lengths, 0).tolist()], int(lengths.max())
-        if self.multiple_of:
-            tail = -len(input_ids) % self.multiple_of
+        if self.multiple_of or self.fixed_shapes:
+            tail = bucket(len(input_ids) + 1) - len(input_ids) if self.fixed_shapes else -len(input_ids) % self.multiple_of
             input_ids = torch.cat([input_ids, torch.full((tail,), self.pad_id, dtype=torch.long)])
             position_ids = torch.cat([position_ids, torch.arange(tail)])
             segment_ids = torch.cat([segment_ids, torch.zeros(tail, dtype=torch.long)])
             if tail:
                 bounds.append(bounds[-1] + tail)  # the tail attends to itself only
                 longest = max(longest, tail)
-        return {"input_ids": input_ids[None], "position_ids": position_ids[None], "segment_ids": segment_ids[None],
-                "labels": torch.tensor([y for _, y in items], dtype=torch.long),
-                "cu_seq_lens": torch.tensor(bounds, dtype=torch.int32), "max_length": longest}
+        batch = {"input_ids": input_ids[None], "position_ids": position_ids[None], "segment_ids": segment_ids[None],
+                 "labels": torch.tensor([y for _, y in items], dtype=torch.long),
+                 "cu_seq_lens": torch.tensor(bounds, dtype=torch.int32), "max_length": len(input_ids) if self.fixed_shapes else longest}
+        if self.fixed_shapes:
+            batch["num_sequences"] = len(items)
+        return batch

@@ -95,7 +95,7 @@ class TextClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cu_seq_lens: torch.Tensor | None = None, max_length: int | None = None,
-                frozen_states: torch.Tensor | None = None) -> torch.Tensor:
+                frozen_states: torch.Tensor | None = None, num_sequences: int | None = None) -> torch.Tensor:
         """Padded: input_ids, attention_mask (B, T); segment_ids (B, T), optional: 0 = pad, k = k-th
         sequence of the row (defaults to the attention mask: one sequence per row).
         Packed: attention_mask None, segment_ids and position_ids (B, T) from `PackingCollator`
@@ -103,6 +103,7 @@ class TextClassifier(nn.Module):
         max_length (from the collator) are the example boundaries varlen attention reads.
         frozen_states (B, T, H), padded only: the hidden states entering block `frozen_blocks`,
         from the frozen-prefix cache; the blocks below are skipped, the rest runs as usual.
+        num_sequences, when known (fixed-shape packed rows): pooling then reads nothing back from the GPU.
         Returns logits (num_sequences, num_labels) in float32."""
         if attention_mask is None:
             if segment_ids is None or position_ids is None:
@@ -127,7 +128,7 @@ class TextClassifier(nn.Module):
                     out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
             segments = attention_mask if segment_ids is None else segment_ids
         hidden = out.last_hidden_state  # (B, T, H)
-        pooled = pool(hidden, segments, self.token_pooling).to(self.head.weight.dtype)  # (N, H): only the pooled positions reach the head
+        pooled = pool(hidden, segments, self.token_pooling, num_sequences).to(self.head.weight.dtype)  # (N, H): only the pooled positions reach the head
         if self.pooler_dense is not None:
             pooled = torch.tanh(self.pooler_dense(pooled))
         return self.head(self.dropout(pooled)).float()  # (N, C)

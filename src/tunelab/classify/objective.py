@@ -32,7 +32,8 @@ class ClassificationObjective:
     def __call__(self, model, batch: dict) -> torch.Tensor:
         # Padded batches carry attention_mask; packed ones (PackingCollator) segment and position ids.
         logits = model(batch["input_ids"], batch.get("attention_mask"), segment_ids=batch.get("segment_ids"), position_ids=batch.get("position_ids"),
-                       cu_seq_lens=batch.get("cu_seq_lens"), max_length=batch.get("max_length"), frozen_states=batch.get("frozen_states"))  # (B, C)
+                       cu_seq_lens=batch.get("cu_seq_lens"), max_length=batch.get("max_length"), frozen_states=batch.get("frozen_states"),
+                       num_sequences=batch.get("num_sequences"))  # (B, C)
         ce = F.cross_entropy(logits.float(), batch["labels"], reduction="none")  # (B,)
         return (ce * self._weights(batch["labels"])).sum()
 

@@ -104,7 +104,12 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
         use_varlen(model, device, log)  # CUDA: no mask at all, the example boundaries instead
     if packed and cfg.data.padding != "longest":
         log(f"data.padding {cfg.data.padding} does not apply: packed micro-batches have no padding")
-    collate = PackingCollator(tokenizer.pad_token_id) if packed else ClassificationCollator(tokenizer.pad_token_id, cfg.data.padding, max_length)
+    graphs, graphs_why = resolve_cuda_graphs(cfg.train.cuda_graphs, device.type, "classification", packed, dist.world_size(),
+                                             cfg.train.gradient_checkpointing)
+    if cfg.train.cuda_graphs != "auto":
+        log(graphs_why)
+    collate = PackingCollator(tokenizer.pad_token_id, fixed_shapes=graphs) if packed else \
+        ClassificationCollator(tokenizer.pad_token_id, cfg.data.padding, max_length)
     # Scoring always pads to the longest in a length-sorted batch: predictions do not depend on
     # padding (last real token, positions from the mask), so fixed-length padding would only cost time.
     eval_collate = ClassificationCollator(tokenizer.pad_token_id, "longest", max_length)
@@ -122,8 +127,6 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
     plan = plan_steps(len(encoded["train"]), cfg.train, micro_batch=1 if cfg.data.padding == "none" and not packed else None,
                       lengths=train_lengths)  # for train.max_tokens_per_micro_batch
     compiled = setup_compile(cfg.train, model, device, log, auto if packed else None)
-    if cfg.train.cuda_graphs == "on":  # auto stays quiet: graphs are an SFT path for now
-        log(resolve_cuda_graphs("on", device.type, "classification", packed, dist.world_size(), cfg.train.gradient_checkpointing)[1])
 
     def validate(m):
         with eager(compiled):  # no gradients, other shapes: compiled blocks would recompile
@@ -131,7 +134,7 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
         return {k: scores[k] for k in ("loss", "accuracy", "macro_f1")}
 
     result = fit(model, encoded["train"], collate, objective, validate if encoded["validation"] else None, cfg.train, plan, run_dir, accelerator, resume=resume,
-                 lengths=train_lengths if group else None, log=log)
+                 lengths=train_lengths if group else None, log=log, cuda_graphs=graphs)
     model = result.model  # plain and whole on every process, the best weights
     if compiled:
         uncompile_blocks(model)
@@ -162,6 +165,7 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
         "test": {k: test[k] for k in ("loss", "accuracy", "macro_f1")} if test else None,
         "hf_compatible": meta["hf_compatible"],
         "packing": packed,
+        "cuda_graphs": graphs,
         "frozen_cache": cached,
     }
     dist.on_main(write_text_atomic, run_dir / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False))

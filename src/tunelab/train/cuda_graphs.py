@@ -25,8 +25,10 @@ What a graph needs, and how tunelab gives it:
 - Gradients at fixed addresses: the backward pass adds into each parameter's `.grad` in place, so
   the loop zeroes gradients in place, and each replay checks that no parameter or `.grad` tensor
   was replaced since the capture (if one was, the graphs are dropped and captured again).
-- No host syncs inside a micro-batch: true of the packed SFT path (the collator computes the
-  target positions on the CPU; transformers skips its mask checks while a stream captures).
+- No host syncs inside a micro-batch: true of the packed paths (the SFT collator computes the
+  target positions on the CPU, the classification collator gives the number of examples so that
+  pooling reads no size back; transformers skips its mask checks while a stream captures).
+- For classification, graphs run only when asked for (`on`): not yet measured on a GPU.
 
 `resolve_cuda_graphs` says where it runs; elsewhere training is eager and the log says why. A
 capture that fails (an operation that cannot be captured) turns graphs off for the rest of the run
@@ -56,14 +58,16 @@ def resolve_cuda_graphs(setting: str, device_type: str, task: str, packed: bool,
     (True, False)
     >>> resolve_cuda_graphs("on", "cuda", "sft", False, 1, False)[1]
     'train.cuda_graphs on -> off: needs packed rows (data.packing on), padded batches change shape every step'
+    >>> resolve_cuda_graphs("auto", "cuda", "classification", True, 1, False)[0], resolve_cuda_graphs("on", "cuda", "classification", True, 1, False)[0]
+    (False, True)
     """
     if setting == "off":
         return False, "train.cuda_graphs off"
     blocker = None
     if device_type != "cuda":
         blocker = f"{device_type}: CUDA graphs are for CUDA only"
-    elif task != "sft":
-        blocker = f"task {task}: pooling reads sizes back from the GPU, which a graph cannot hold"
+    elif task != "sft" and setting == "auto":
+        blocker = f"auto turns them on for SFT, where they were measured; set train.cuda_graphs: on to use them for {task}"
     elif not packed:
         blocker = "needs packed rows (data.packing on), padded batches change shape every step"
     elif processes > 1:
