@@ -212,3 +212,36 @@ def test_optimizer_is_plain_adamw_on_a_cpu_and_compile_is_off_there():
     assert TrainConfig().compile == "auto" and not resolve("auto", "cpu")[0] and not resolve("auto", "cuda")[0] and resolve("on", "cuda")[0]
     assert not resolve("on", "cpu")[0] and not resolve("off", "cuda")[0]
     assert TrainConfig(compile="on").compile == "on" and TrainConfig(gradient_checkpointing=True).gradient_checkpointing
+
+
+def test_prefetching_the_next_step_changes_nothing_but_the_order_of_work(tmp_path, monkeypatch):
+    """With prefetch (the default on CUDA) step s+1's batches are collated before step s's
+    update; the run (losses, weights) is the one without it, and no step is collated twice."""
+    events = []
+    real_step = torch.optim.AdamW.step
+
+    def recording_step(self, *a, **k):
+        events.append("update")
+        return real_step(self, *a, **k)
+
+    def recording_collate(items):
+        events.append("collate")
+        return collate(items)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    results = {}
+    for prefetch in (False, True):
+        events.clear()
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 1)
+        data = [(torch.randn(3), float(i % 2)) for i in range(16)]
+        cfg = TrainConfig(max_steps=6, batch_size=4, lr=1e-2, warmup=0, device="cpu")
+        accelerator, _ = make_accelerator(cfg)
+        result = fit(model, data, recording_collate, PoisonedObjective(()), None, cfg, plan_steps(len(data), cfg), tmp_path / str(prefetch),
+                     accelerator, log=lambda *a: None, prefetch=prefetch)
+        results[prefetch] = (result.history, [p.detach().clone() for p in model.parameters()], list(events))
+    assert results[False][2] == ["collate", "update"] * 6
+    assert results[True][2] == ["collate"] + ["collate", "update"] * 5 + ["update"]
+    assert results[True][0] == results[False][0]
+    for a, b in zip(results[True][1], results[False][1]):
+        assert torch.equal(a, b)

@@ -15,7 +15,9 @@ examples may be cut into micro-batches by a token budget (`train.max_tokens_per_
 
 No host syncs inside the micro-batch loop: batches go to the GPU from pinned memory without
 blocking, losses are summed on the device, and one read-back per step (gradient norm, loss) feeds
-the non-finite check and the log. On CUDA the optimizer is fused AdamW (`make_optimizer`); the recipes
+the non-finite check and the log. On CUDA the next step's batches are collated and sent before
+that read-back, while the GPU still works (a background thread would contend for the GIL with
+the loop's own launches; this ordering gets the overlap without one). On CUDA the optimizer is fused AdamW (`make_optimizer`); the recipes
 compile the transformer blocks when `train.compile` resolves to on (`tunelab.train.compiling`), and
 with `train.cuda_graphs` each micro-batch's forward and backward is one replayed CUDA graph
 (`tunelab.train.cuda_graphs`).
@@ -176,12 +178,14 @@ def fit(
     lengths: list[int] | None = None,
     log: Callable[[str], None] = print,
     cuda_graphs: bool = False,
+    prefetch: bool | None = None,
 ) -> LoopResult:
     """Train `model` on `dataset` (a list of items `collate` understands) and keep the best
     checkpoint by the validation metric. Writes `metrics.jsonl` and `checkpoints/` in run_dir.
     `plan` (from `plan_steps`) cuts the data into steps and micro-batches; `lengths` (one per
     example) turns on batching by similar length; `cuda_graphs` (resolved by the recipe,
-    `tunelab.train.cuda_graphs`) replays each micro-batch shape as one captured CUDA graph."""
+    `tunelab.train.cuda_graphs`) replays each micro-batch shape as one captured CUDA graph;
+    `prefetch` (default: on CUDA) prepares each next step's batches before waiting for this one's."""
     from tunelab.progress import progress_bar
 
     cut = f"micro-batches of at most {plan.max_tokens} tokens, {plan.step_size} examples per step" if plan.max_tokens else \
@@ -215,15 +219,20 @@ def fit(
     started = time.perf_counter() - counters["train_seconds"]
     running = []
     nonfinite_run = 0  # consecutive steps whose loss or gradients were nan/inf
-    cached_epoch: list = [None, None]  # (epoch, its steps): computed once per epoch
+    order = _StepOrder(plan, train_cfg.seed, lengths)
+    prefetch = accelerator.device.type == "cuda" if prefetch is None else prefetch
+    upcoming: _Prepared | None = None
     model.train()
     while counters["step"] < plan.total_steps and not counters["stopped_early"]:
         step_started = time.perf_counter()
         step = counters["step"]
-        epoch, within = divmod(step, plan.steps_per_epoch)
-        if cached_epoch[0] != epoch:
-            cached_epoch[:] = [epoch, epoch_order(epoch, plan, train_cfg.seed, lengths)]
-        step_loss, total_targets = _forward_backward(model, cached_epoch[1][within], dataset, collate, objective, plan, sharding, accelerator, graphs)
+        prepared = upcoming if upcoming is not None and upcoming.step == step else \
+            _prepare_step(step, order.indices(step), dataset, collate, objective, plan, accelerator)
+        step_loss, total_targets = _forward_backward(model, prepared, objective, sharding, accelerator, graphs)
+        # The next step's batches are cut, collated and sent while the GPU still works on this one
+        # (the read-back below waits for it): the host's share of a step hides behind the chip's.
+        upcoming = _prepare_step(step + 1, order.indices(step + 1), dataset, collate, objective, plan, accelerator) \
+            if prefetch and step + 1 < plan.total_steps else None
         # The gradient norm (clipping at infinity leaves the gradients as they are) tells whether
         # this update is finite; a non-finite one is skipped so it cannot poison the weights. A
         # nan/inf loss gives such gradients too; the norm is taken after the all-reduce, so every
@@ -291,13 +300,31 @@ def fit(
                       counters.get("step_seconds", counters["train_seconds"]), sharding.full_model(model), counters.get("first_step_seconds"))
 
 
-def _forward_backward(model, step_indices: list[int], dataset: list, collate, objective: Objective, plan: LoopPlan, sharding, accelerator,
-                      graphs: MicroStepGraphs | None = None):
-    """Forward and backward passes of this process's micro-batches of one optimizer step (its
-    share from `distributed.split_step`; every process runs as many), through `graphs` when given.
-    Returns this step's loss summed over all processes (a device tensor) and its targets over all
-    processes (a float with one process, a device tensor otherwise), by which every micro-loss is
-    divided."""
+class _StepOrder:
+    """The example indices of each step (`epoch_order`), each epoch computed once."""
+
+    def __init__(self, plan: LoopPlan, seed: int, lengths: list[int] | None):
+        self.plan, self.seed, self.lengths, self.epochs = plan, seed, lengths, {}
+
+    def indices(self, step: int) -> list[int]:
+        epoch, within = divmod(step, self.plan.steps_per_epoch)
+        if epoch not in self.epochs:
+            self.epochs = {epoch: epoch_order(epoch, self.plan, self.seed, self.lengths)}  # the one in use
+        return self.epochs[epoch][within]
+
+
+@dataclass
+class _Prepared:
+    """One optimizer step's micro-batches on this process, already on the device."""
+
+    step: int
+    micro: list[tuple[dict, list[int]]]  # (batch, its example indices; [] for a stand-in)
+    total_targets: float | torch.Tensor  # over all processes: what every micro-loss is divided by
+
+
+def _prepare_step(step: int, step_indices: list[int], dataset: list, collate, objective: Objective, plan: LoopPlan, accelerator) -> _Prepared:
+    """Cut this process's share of a step (`distributed.split_step`; every process gets as many
+    micro-batches), collate it, count its targets and send it to the device (without waiting)."""
     world = dist.world_size()
     parts = dist.split_step(step_indices, micro_batches(step_indices, plan), world, plan.lengths if plan.max_tokens else None)[dist.rank()]
     # A stand-in micro-batch ([]: this process has no examples left for it) runs the step's first
@@ -308,9 +335,16 @@ def _forward_backward(model, step_indices: list[int], dataset: list, collate, ob
         total_targets = dist.all_sum(torch.full((), local_targets, device=accelerator.device)).clamp_min(1e-9)
     else:
         total_targets = max(local_targets, 1e-9)
+    return _Prepared(step, [(_to_device(b, accelerator.device), part) for b, part in zip(micro, parts)], total_targets)
+
+
+def _forward_backward(model, prepared: _Prepared, objective: Objective, sharding, accelerator, graphs: MicroStepGraphs | None = None):
+    """Forward and backward passes of a prepared step's micro-batches, through `graphs` when
+    given. Returns this step's loss summed over all processes (a device tensor) and its targets
+    over all processes (a float with one process, a device tensor otherwise)."""
+    world, micro, total_targets = dist.world_size(), prepared.micro, prepared.total_targets
     step_loss = torch.zeros((), device=accelerator.device)
-    for k, (batch, part) in enumerate(zip(micro, parts)):
-        batch = _to_device(batch, accelerator.device)
+    for k, (batch, part) in enumerate(micro):
         # DDP and FSDP average gradients over processes; times world gives the global mean.
         scale = world / total_targets if part else 0.0
         if graphs is not None:  # one process (resolve_cuda_graphs): no stand-ins, no grad_sync
