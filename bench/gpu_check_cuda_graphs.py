@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import traceback
+from pathlib import Path
 
 import torch
 import transformers as tf
@@ -47,16 +48,12 @@ def data(n=96, seed=0):
     return out
 
 
-def run(arch: str, graphs: bool, root: str) -> dict:
-    torch.manual_seed(0)
-    model = tf.AutoModelForCausalLM.from_config(config_of(arch))
-    model.set_attn_implementation(varlen.register())
-    assert head_is_plain(model)  # decided before training, as the recipe does (the chunked head-only loss)
-    rows = data()
-    cfg = TrainConfig(max_steps=12, batch_size=8, lr=1e-3, warmup=0, device="cuda", precision="bf16", max_tokens_per_micro_batch=160,
+def train_recording(model, rows: list, collate, objective, lengths: list[int], batch: int, budget: int, graphs: bool, folder: Path) -> dict:
+    """12 steps through `fit` (bf16, no clipping, micro-batches of at most `budget` tokens), keeping
+    each step's gradients, the final weights, the losses and the graphs' log lines."""
+    cfg = TrainConfig(max_steps=12, batch_size=batch, lr=1e-3, warmup=0, device="cuda", precision="bf16", max_tokens_per_micro_batch=budget,
                       eval_every=10**6, max_grad_norm=None)
     accelerator, _ = make_accelerator(cfg)
-    plan = plan_steps(len(rows), cfg, lengths=[len(e["input_ids"]) for e in rows])
     grads, lines, real_step = [], [], torch.optim.AdamW.step
 
     def recording_step(self, *a, **k):
@@ -65,12 +62,22 @@ def run(arch: str, graphs: bool, root: str) -> dict:
 
     torch.optim.AdamW.step = recording_step
     try:
-        result = fit(model, rows, lambda items: pack(items, fixed_shapes=True), SftObjective(), None, cfg, plan,
-                     __import__("pathlib").Path(root) / f"{arch}-{graphs}", accelerator, log=lines.append, cuda_graphs=graphs)
+        result = fit(model, rows, collate, objective, None, cfg, plan_steps(len(rows), cfg, lengths=lengths), folder, accelerator,
+                     log=lines.append, cuda_graphs=graphs)
     finally:
         torch.optim.AdamW.step = real_step
     return {"grads": grads, "weights": [p.detach().float().clone() for p in result.model.parameters()],
             "losses": [r["train_loss"] for r in result.history], "log": [x for x in lines if "cuda_graphs" in x]}
+
+
+def run(arch: str, graphs: bool, root: str) -> dict:
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(config_of(arch))
+    model.set_attn_implementation(varlen.register())
+    assert head_is_plain(model)  # decided before training, as the recipe does (the chunked head-only loss)
+    rows = data()
+    return train_recording(model, rows, lambda items: pack(items, fixed_shapes=True), SftObjective(), [len(e["input_ids"]) for e in rows],
+                           8, 160, graphs, Path(root) / f"{arch}-{graphs}")
 
 
 def run_classifier(arch: str, pooling: str, causal: bool, graphs: bool, root: str) -> dict:
@@ -85,31 +92,21 @@ def run_classifier(arch: str, pooling: str, causal: bool, graphs: bool, root: st
     torch.manual_seed(0)
     cfg = tiny_config(arch, VOCAB)
     cfg.max_position_embeddings = 256
-    for name in ("attention_dropout", "attn_pdrop", "attention_probs_dropout_prob"):
+    for name in ("attention_dropout", "attn_pdrop", "attention_probs_dropout_prob", "hidden_dropout_prob", "resid_pdrop", "embd_pdrop"):  # exact equality
         if hasattr(cfg, name):
             setattr(cfg, name, 0.0)
     model = TextClassifier(tf.AutoModel.from_config(cfg), 3, pooling=pooling, causal_mask=causal)
     assert use_varlen(model, torch.device("cuda"), print), arch
     g = torch.Generator().manual_seed(1)
     rows = [(torch.randint(3, VOCAB - 1, (int(torch.randint(4, 100, (1,), generator=g)),), generator=g).tolist(), k % 3) for k in range(128)]
-    cfg_t = TrainConfig(max_steps=12, batch_size=16, lr=1e-3, warmup=0, device="cuda", precision="bf16", max_tokens_per_micro_batch=400,
-                        eval_every=10**6, max_grad_norm=None)
-    accelerator, _ = make_accelerator(cfg_t)
-    plan = plan_steps(len(rows), cfg_t, lengths=[len(ids) for ids, _ in rows])
-    grads, lines, real_step = [], [], torch.optim.AdamW.step
+    return train_recording(model, rows, PackingCollator(0, fixed_shapes=True), ClassificationObjective(), [len(ids) for ids, _ in rows],
+                           16, 400, graphs, Path(root) / f"cls-{arch}-{pooling}-{causal}-{graphs}")
 
-    def recording_step(self, *a, **k):
-        grads.append([p.grad.float().clone() for p in model.parameters() if p.grad is not None])
-        return real_step(self, *a, **k)
 
-    torch.optim.AdamW.step = recording_step
-    try:
-        result = fit(model, rows, PackingCollator(0, fixed_shapes=True), ClassificationObjective(), None, cfg_t, plan,
-                     __import__("pathlib").Path(root) / f"cls-{arch}-{pooling}-{causal}-{graphs}", accelerator, log=lines.append, cuda_graphs=graphs)
-    finally:
-        torch.optim.AdamW.step = real_step
-    return {"grads": grads, "weights": [p.detach().float().clone() for p in result.model.parameters()],
-            "losses": [r["train_loss"] for r in result.history], "log": [x for x in lines if "cuda_graphs" in x]}
+def compare(graphed: dict, eager: dict) -> tuple[float, float]:
+    """Largest relative difference of the step gradients and of the final weights."""
+    step_diff = max(rel(a, b) for sa, sb in zip(graphed["grads"], eager["grads"]) for a, b in zip(sa, sb))
+    return step_diff, max(rel(a, b) for a, b in zip(graphed["weights"], eager["weights"]))
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -140,8 +137,7 @@ def main() -> None:
     report = {}
     for arch in ("llama", "qwen2", "gemma3"):
         eager, graphed = run(arch, False, "/tmp/graphs-check"), run(arch, True, "/tmp/graphs-check")
-        step_diff = max(rel(a, b) for sa, sb in zip(graphed["grads"], eager["grads"]) for a, b in zip(sa, sb))
-        weight_diff = max(rel(a, b) for a, b in zip(graphed["weights"], eager["weights"]))
+        step_diff, weight_diff = compare(graphed, eager)
         report[arch] = {"steps": len(graphed["grads"]), "max_rel_grad_diff": step_diff, "max_rel_weight_diff": weight_diff,
                         "losses_eager": eager["losses"], "losses_graphs": graphed["losses"], "log": graphed["log"]}
         print(f"{arch}: {len(graphed['grads'])} steps, step gradients within {step_diff:.2e} (relative), weights within {weight_diff:.2e}; "
@@ -149,8 +145,7 @@ def main() -> None:
     for arch, pooling, causal in (("llama", "last", True), ("qwen2", "mean", False), ("gemma3", "last", True), ("bert", "first", True)):
         eager = run_classifier(arch, pooling, causal, False, "/tmp/graphs-check")
         graphed = run_classifier(arch, pooling, causal, True, "/tmp/graphs-check")
-        step_diff = max(rel(a, b) for sa, sb in zip(graphed["grads"], eager["grads"]) for a, b in zip(sa, sb))
-        weight_diff = max(rel(a, b) for a, b in zip(graphed["weights"], eager["weights"]))
+        step_diff, weight_diff = compare(graphed, eager)
         report[f"classification-{arch}-{pooling}-{causal}"] = {"max_rel_grad_diff": step_diff, "max_rel_weight_diff": weight_diff, "log": graphed["log"]}
         print(f"classification {arch} {pooling} causal={causal}: step gradients within {step_diff:.2e}, weights within {weight_diff:.2e}; "
               f"{graphed['log']}", flush=True)

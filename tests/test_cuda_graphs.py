@@ -16,7 +16,7 @@ import contextlib
 import pytest
 import torch
 from tests.helpers import one_thread, tiny_model, tiny_tokenizer
-from tests.test_sft_packing import ARCHS, _run, examples, grads, model_and_data, tiny_lm  # noqa: F401 (a fixture)
+from tests.test_sft_packing import ARCHS, _run, examples, grads, killed_then_resumed, model_and_data, tiny_lm  # noqa: F401 (a fixture)
 
 from tunelab.config import TrainConfig
 from tunelab.sft.collate import TARGET_STEPS_PER_OCTAVE, pack
@@ -245,19 +245,7 @@ def test_the_recipe_with_graphs_resumes_after_a_kill_to_the_same_result(request,
     kw = dict(data_opts={"packing": "on"}, save_every=2)
     full, lines = _run(root, model_dir, data, "graphs-full", **kw)
     assert full["cuda_graphs"] is True and any("micro-batches replayed" in x for x in lines) and stand_in.calls["replay"] > 0
-    real_step, calls = torch.optim.AdamW.step, {"n": 0}
-
-    def dying_step(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("simulated kill")
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        _run(root, model_dir, data, "graphs-crash", **kw)
-    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
-    resumed, _ = _run(root, model_dir, data, "graphs-crash", resume=True, **kw)
+    resumed = killed_then_resumed(root, model_dir, data, "graphs-crash", monkeypatch, **kw)
     assert resumed["steps"] == full["steps"] == 6
     assert resumed["validation"] == full["validation"] and resumed["train"] == full["train"]
     monkeypatch.setattr(cuda_graphs, "resolve_cuda_graphs", lambda *a: (False, "train.cuda_graphs off"))

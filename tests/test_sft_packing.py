@@ -338,23 +338,30 @@ def test_a_packed_run_trains_like_a_padded_one(model_and_data):
     assert packed["train"]["loss"] == pytest.approx(padded["train"]["loss"], rel=1e-5)
 
 
-def test_a_packed_run_resumes_to_the_same_result(model_and_data, monkeypatch):
-    root, model_dir, data = model_and_data
-    kw = dict(data_opts={"packing": "on"}, max_tokens_per_micro_batch=40, save_every=2)
-    full, _ = _run(root, model_dir, data, "packed-full", **kw)
+def killed_then_resumed(root, model_dir, data, name, monkeypatch, **kw) -> dict:
+    """`_run` killed in step 5 (after the checkpoint of step 4, with save_every=2), then resumed;
+    returns the resumed run's summary."""
     real_step, calls = torch.optim.AdamW.step, {"n": 0}
 
     def dying_step(self, *a, **k):
         calls["n"] += 1
-        if calls["n"] == 5:  # killed in step 5, after the checkpoint of step 4
+        if calls["n"] == 5:
             raise KeyboardInterrupt("simulated kill")
         return real_step(self, *a, **k)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
     with pytest.raises(KeyboardInterrupt):
-        _run(root, model_dir, data, "packed-crash", **kw)
+        _run(root, model_dir, data, name, **kw)
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
-    resumed, _ = _run(root, model_dir, data, "packed-crash", resume=True, **kw)
+    resumed, _ = _run(root, model_dir, data, name, resume=True, **kw)
+    return resumed
+
+
+def test_a_packed_run_resumes_to_the_same_result(model_and_data, monkeypatch):
+    root, model_dir, data = model_and_data
+    kw = dict(data_opts={"packing": "on"}, max_tokens_per_micro_batch=40, save_every=2)
+    full, _ = _run(root, model_dir, data, "packed-full", **kw)
+    resumed = killed_then_resumed(root, model_dir, data, "packed-crash", monkeypatch, **kw)
     assert resumed["packing"] is True and resumed["steps"] == full["steps"] == 6
     assert resumed["validation"] == full["validation"] and resumed["train"] == full["train"]
 
