@@ -338,6 +338,13 @@ def test_a_packed_run_trains_like_a_padded_one(model_and_data):
     assert packed["train"]["loss"] == pytest.approx(padded["train"]["loss"], rel=1e-5)
 
 
+def test_packed_rows_say_that_a_padding_setting_does_not_apply(model_and_data):
+    root, model_dir, data = model_and_data
+    summary, lines = _run(root, model_dir, data, "packed-max-length", data_opts={"packing": "on", "padding": "max_length"})
+    assert summary["packing"] is True
+    assert "data.padding max_length does not apply: packed micro-batches have no padding" in lines
+
+
 def killed_then_resumed(root, model_dir, data, name, monkeypatch, **kw) -> dict:
     """`_run` killed in step 5 (after the checkpoint of step 4, with save_every=2), then resumed;
     returns the resumed run's summary."""

@@ -246,6 +246,8 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
     graphs_possible, graphs_why = resolve_cuda_graphs(cfg.train.cuda_graphs, device.type, "sft", True, processes, checkpointing)
     packing, attn_before = use_packing(cfg.data.packing, model, device, log, graphs_blocker=None if graphs_possible else graphs_why)
     batch_of = pack if packing else functools.partial(collate, pad_id=pad_id, multiple_of=max_length if cfg.data.padding == "max_length" else None)
+    if packing and cfg.data.padding != "longest":
+        log(f"data.padding {cfg.data.padding} does not apply: packed micro-batches have no padding")
     log(f"loss: LM head on the target positions only, in chunks of {CE_CHUNK}" if head_is_plain(model)
         else "loss: the model's own logits of the target positions (its head post-processes logits)")
     if cfg.train.gradient_checkpointing:
