@@ -45,3 +45,19 @@ def test_classification_cells_keep_their_accuracy_table(tmp_path):
     md = write_reports(rows, aggregate(rows), tmp_path / "report", "cls", [])["md"].read_text(encoding="utf-8")
     assert "| dataset | cell | seeds | train acc % | val acc % | test acc % |" in md
     assert "| 90.00 |" in md and "refusal" not in md
+
+
+def test_the_console_table_of_sft_cells_shows_their_scores(tmp_path):
+    from tunelab.commands.sweep import print_table
+
+    rows = [run_row(fake_run("lora", 1, str(tmp_path / "a")), sft_summary(0.6, 0.40)),
+            run_row(fake_run("lora", 2, str(tmp_path / "b")), sft_summary(0.8, 0.50))]
+    lines = []
+    print_table(aggregate(rows), log=lines.append)
+    assert lines[0].split() == ["cell", "n", "val", "loss", "test", "loss", "exact", "match", "%", "token", "F1", "%", "refusal", "precision", "%",
+                                "refusal", "recall", "%", "train", "s"]
+    assert lines[1].split()[:2] == ["lora", "2"] and "45.00" in lines[1] and "75.00" in lines[1] and "acc" not in lines[0]
+    cls = [run_row(fake_run("head", 1, str(tmp_path / "c")), {"test": {"accuracy": 0.9, "macro_f1": 0.88, "loss": 0.3}, "train_seconds": 2.0})]
+    lines.clear()
+    print_table(aggregate(cls), log=lines.append)
+    assert "test acc %" in lines[0] and "90.00" in lines[1] and "0.3000" in lines[1]

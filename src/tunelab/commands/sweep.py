@@ -37,13 +37,20 @@ def print_plan(runs, log=print) -> None:
 
 
 def print_table(cells, log=print) -> None:
-    from tunelab.sweep.report import pct
+    """The sweep's cells on the console: accuracy columns, or the generated answers' scores when
+    every cell is instruction tuning (SFT cells have no accuracy)."""
+    from tunelab.sweep.report import loss, pct
 
-    rows = [("cell", "n", "test acc %", "test macro-F1 %", "test loss", "train s")]
-    for e in cells:
-        secs, loss = e["train_seconds"]["mean"], e["test_loss"]["mean"]
-        rows.append((e["cell"], str(e["n"]), pct(e["test_accuracy"]), pct(e["test_macro_f1"]),
-                     f"{loss:.4f}" if loss is not None else "–", f"{secs:.0f}" if secs is not None else "–"))
+    def secs(e):
+        return f"{e['train_seconds']['mean']:.0f}" if e["train_seconds"]["mean"] is not None else "–"
+
+    if cells and all(e.get("task") == "sft" for e in cells):
+        rows = [("cell", "n", "val loss", "test loss", "exact match %", "token F1 %", "refusal precision %", "refusal recall %", "train s")]
+        rows += [(e["cell"], str(e["n"]), loss(e["validation_loss"]), loss(e["test_loss"]), pct(e["test_exact_match"]), pct(e["test_token_f1"]),
+                  pct(e["test_refusal_precision"]), pct(e["test_refusal_recall"]), secs(e)) for e in cells]
+    else:
+        rows = [("cell", "n", "test acc %", "test macro-F1 %", "test loss", "train s")]
+        rows += [(e["cell"], str(e["n"]), pct(e["test_accuracy"]), pct(e["test_macro_f1"]), loss(e["test_loss"]), secs(e)) for e in cells]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         log("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
