@@ -118,3 +118,16 @@ def test_kind_detection_from_keys(tmp_path, capsys):
     _fails(["validate", str(_write(tmp_path, "e.yaml", ""))], capsys, "cannot tell the kind", "the file is empty")
     _fails(["validate", str(tmp_path / "nope.yaml")], capsys, "config file not found")
     _fails(["validate", str(_write(tmp_path, "y.yaml", "base: [1,\n"))], capsys, "y.yaml:2: not valid YAML")
+
+
+def test_a_decoder_asked_for_the_pooler_head_fails_validation(tmp_path, capsys, tiny_llama):
+    """A model on this machine has its config.json read: `pooling: pooler` on a decoder fails here,
+    as train would, before any data or weights are loaded; an encoder with it passes."""
+    bad = _write(tmp_path, "c.yaml", {"data": {"train": "x.csv"}, "model": {"name": str(tiny_llama), "pooling": "pooler"}})
+    _fails(["validate", str(bad)], capsys, "model.pooling = pooler is for encoders", "llama is a decoder, use model.pooling: last")
+    encoder = tmp_path / "enc"
+    encoder.mkdir()
+    (encoder / "config.json").write_text('{"model_type": "bert"}', encoding="utf-8")
+    good = _write(tmp_path, "d.yaml", {"data": {"train": "x.csv"}, "model": {"name": str(encoder), "pooling": "pooler"}})
+    assert main(["validate", str(good)]) == 0
+    assert "valid" in capsys.readouterr().out

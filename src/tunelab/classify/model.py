@@ -31,7 +31,7 @@ from tunelab.classify.frozen_cache import skip_frozen
 from tunelab.classify.packing import packed_backbone_inputs, packing_plan
 from tunelab.classify.pooling import pool
 from tunelab.errors import TunelabError
-from tunelab.model.backbone import final_norm, hidden_size, is_encoder, set_causal, transformer_blocks
+from tunelab.model.backbone import ENCODER_TYPES, final_norm, hidden_size, is_encoder, set_causal, transformer_blocks
 from tunelab.model.lora import count_parameters, inject_lora
 
 # Where the backbone keeps the pretrained pooler dense layer (dense + tanh on the first token) that
@@ -39,6 +39,19 @@ from tunelab.model.lora import count_parameters, inject_lora
 # AlbertModel.pooler. RoBERTa, XLM-R, CamemBERT and MPNet backbones carry a pooler too, but their
 # stock classes drop it and start a fresh `classifier.dense`, so `pooling: pooler` does the same.
 PRETRAINED_POOLER = {"bert": "pooler.dense", "albert": "pooler"}
+
+
+def pooling_problem(pooling: str, model_type: str) -> str | None:
+    """Why `model.pooling` cannot be used with a backbone of `model_type`, or None (train and
+    `tunelab validate` say the same).
+
+    >>> pooling_problem("pooler", "bert") is None, pooling_problem("pooler", "llama").split(";")[1]
+    (True, ' llama is a decoder, use model.pooling: last (or mean)')
+    """
+    if pooling == "pooler" and model_type not in ENCODER_TYPES:
+        return (f"model.pooling = pooler is for encoders (BERT, RoBERTa, MPNet, ...): a dense + tanh layer on the first "
+                f"token; {model_type or 'this model'} is a decoder, use model.pooling: last (or mean)")
+    return None
 
 
 def pretrained_pooler(backbone: nn.Module) -> nn.Linear | None:
@@ -57,9 +70,8 @@ class TextClassifier(nn.Module):
         self.backbone = backbone
         self.pooling = pooling
         self.encoder = is_encoder(backbone.config)
-        if pooling == "pooler" and not self.encoder:
-            raise TunelabError(f"model.pooling = pooler is for encoders (BERT, RoBERTa, MPNet, ...): a dense + tanh layer on the first "
-                               f"token; {getattr(backbone.config, 'model_type', 'this')} is a decoder, use model.pooling: last (or mean)")
+        if problem := pooling_problem(pooling, getattr(backbone.config, "model_type", "")):
+            raise TunelabError(problem)
         self.token_pooling = "first" if pooling == "pooler" else pooling  # which token(s) `pool` picks
         self.causal_mask = causal_mask
         if not self.encoder:

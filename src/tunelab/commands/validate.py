@@ -1,5 +1,6 @@
 """`tunelab validate FILE [key=value ...] [--kind run|sweep|synth]`: check a config without loading
-any model.
+any model (a model already on this machine has its config.json read, for what it settles:
+`model.pooling: pooler` on a decoder).
 
     tunelab validate configs/spam-smollm2.yaml                 # run config: prints the resolved config
     tunelab validate configs/sweeps/seven-questions.yaml       # sweep file: cells, runs, every run config
@@ -63,8 +64,49 @@ def _validate_run(path: str, overrides: list[str]) -> None:
     from tunelab.config import load_config, to_yaml
 
     cfg = load_config(path, overrides)
+    _check_against_model(path, cfg)
     print(to_yaml(cfg), end="")
     print(f"# {path}: valid")
+
+
+def _check_against_model(path: str, cfg) -> None:
+    """What the config asks of the model that the model's config.json already answers, when the
+    model is on this machine (a local folder or an installed asset; nothing is loaded or downloaded)."""
+    import json
+
+    from tunelab.classify.model import pooling_problem
+    from tunelab.errors import TunelabError
+
+    if cfg.task != "classification":
+        return
+    folder = _local_model_folder(str(cfg.model.name))
+    if folder is None:
+        return
+    try:
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type", "")
+    except (OSError, ValueError):
+        return  # train reports a broken model folder itself, with its own message
+    if problem := pooling_problem(cfg.model.pooling, model_type):
+        raise TunelabError(f"{path}: {problem} (model {cfg.model.name})")
+
+
+def _local_model_folder(spec: str):
+    """The folder of a model that is here already (a folder with config.json, an installed
+    asset), or None (a hub id, a GGUF file to convert, an asset not installed)."""
+    from pathlib import Path
+
+    from tunelab.assets.resolve import ASSET_PREFIX
+    from tunelab.assets.store import asset_dir, is_installed
+    from tunelab.errors import TunelabError
+
+    if spec.startswith(ASSET_PREFIX):
+        name = spec[len(ASSET_PREFIX):]
+        try:
+            return asset_dir(name) if is_installed(name) else None
+        except TunelabError:  # an unknown asset name: train says which exist
+            return None
+    path = Path(spec).expanduser()
+    return path if (path / "config.json").is_file() else None
 
 
 def _validate_sweep(path: str, overrides: list[str]) -> None:
