@@ -50,8 +50,9 @@ def test_fixed_shape_rows_give_the_loss_and_gradients_of_plain_packed_rows(arch,
     loss_plain.backward()
     g_plain = grads(model)
     model.zero_grad()
-    loss_fixed, _ = sft_loss(model, fixed)
+    loss_fixed, n_fixed = sft_loss(model, fixed)
     loss_fixed.backward()
+    assert int(n_fixed) == int(plain["num_target_tokens"])
     torch.testing.assert_close(loss_fixed, loss_plain, rtol=1e-5, atol=1e-5)
     for a, b in zip(grads(model), g_plain):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -93,6 +94,9 @@ class StandInBackend:
 
     def stream(self):
         return contextlib.nullcontext()
+
+    def new_pool(self):
+        StandInBackend.calls["pools"] = StandInBackend.calls.get("pools", 0) + 1
 
     def record(self, fn):
         if StandInBackend.fail:
@@ -220,9 +224,37 @@ def test_replaced_gradients_make_the_graphs_capture_again(monkeypatch):
     g(batch, 0.25)
     assert g.captures == 1 and g.replays == 1
     model.zero_grad(set_to_none=True)
+    pools = StandInBackend.calls.get("pools", 0)
     g(batch, 0.25)  # the warm-up runs eagerly and makes new gradient tensors
     g(batch, 0.25)
     assert any("captured again" in x for x in lines) and g.captures == 2
+    assert StandInBackend.calls["pools"] == pools + 1  # the dropped graphs' pool is not captured into again
+
+
+def test_a_gradient_made_by_a_failed_capture_is_taken_back():
+    """A capture runs nothing: a gradient tensor it created holds no gradient, so when the capture
+    fails, the parameters that had none before get none back (not uninitialised memory)."""
+    model = torch.nn.Linear(3, 1)
+    unused = torch.nn.Parameter(torch.zeros(2))
+
+    class Breaking(StandInBackend):
+        def record(self, fn):
+            unused.grad = torch.full((2,), float("nan"))  # as AccumulateGrad would, inside the graph's pool
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    holder = torch.nn.ModuleDict({"m": model})
+    holder.register_parameter("unused", unused)
+
+    def step(batch, scale):
+        loss = ((model(batch["x"]).squeeze(-1) - batch["y"]) ** 2).sum()
+        (loss * scale).backward()
+        return loss.detach()
+
+    lines = []
+    g = cuda_graphs.MicroStepGraphs(holder, step, torch.device("cpu"), lines.append, backend=Breaking(None))
+    g({"x": torch.randn(4, 3), "y": torch.randn(4)}, 0.25)
+    assert unused.grad is None and model.weight.grad is not None and not g.active
+    assert any("the capture failed (RuntimeError: operation not permitted" in x for x in lines)
 
 
 def test_where_graphs_run():

@@ -97,7 +97,8 @@ class PackingCollator:
         if self.multiple_of or self.fixed_shapes:
             tail = bucket(len(input_ids) + 1) - len(input_ids) if self.fixed_shapes else -len(input_ids) % self.multiple_of
             input_ids = torch.cat([input_ids, torch.full((tail,), self.pad_id, dtype=torch.long)])
-            position_ids = torch.cat([position_ids, torch.arange(tail)])
+            # fixed shapes: positions 0 (a tail can be longer than an encoder's position table)
+            position_ids = torch.cat([position_ids, torch.zeros(tail, dtype=torch.long) if self.fixed_shapes else torch.arange(tail)])
             segment_ids = torch.cat([segment_ids, torch.zeros(tail, dtype=torch.long)])
             if tail:
                 bounds.append(bounds[-1] + tail)  # the tail attends to itself only

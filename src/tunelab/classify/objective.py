@@ -20,11 +20,14 @@ class ClassificationObjective:
 
     def __init__(self, class_weights: torch.Tensor | None = None):
         self.class_weights = class_weights
+        self._on_device: dict[torch.device, torch.Tensor] = {}  # one copy per device, made once (no copy per batch)
 
     def _weights(self, labels: torch.Tensor) -> torch.Tensor:
         if self.class_weights is None:
             return torch.ones(labels.shape, dtype=torch.float32, device=labels.device)
-        return self.class_weights.to(labels.device)[labels]
+        if labels.device not in self._on_device:
+            self._on_device[labels.device] = self.class_weights.to(labels.device)
+        return self._on_device[labels.device][labels]
 
     def count(self, batch: dict) -> float:
         return float(self._weights(batch["labels"]).sum())

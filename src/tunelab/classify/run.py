@@ -105,7 +105,7 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
     if packed and cfg.data.padding != "longest":
         log(f"data.padding {cfg.data.padding} does not apply: packed micro-batches have no padding")
     graphs, graphs_why = resolve_cuda_graphs(cfg.train.cuda_graphs, device.type, "classification", packed, dist.world_size(),
-                                             cfg.train.gradient_checkpointing)
+                                             cfg.train.gradient_checkpointing, precision)
     if cfg.train.cuda_graphs != "auto":
         log(graphs_why)
     collate = PackingCollator(tokenizer.pad_token_id, fixed_shapes=graphs) if packed else \

@@ -96,7 +96,7 @@ def pack(examples: list[dict], fixed_shapes: bool = False) -> dict:
 
     `fixed_shapes` (for CUDA graphs, `tunelab.train.cuda_graphs`) rounds the varying sizes up onto
     a few (`tunelab.train.batch.bucket`): the row gets a tail of padding tokens that is its own
-    example (positions from 0, labels -100, attention inside the tail only), `target_index` is
+    example (positions 0, labels -100, attention inside the tail only), `target_index` is
     filled up with the tail's first position (whose next label is -100, so it adds no loss and no
     gradient), and `max_length` is the row's length (an upper bound is all the kernel needs).
     `num_target_tokens` stays the real count, so the loss and gradients are unchanged.
@@ -114,7 +114,7 @@ def pack(examples: list[dict], fixed_shapes: bool = False) -> dict:
         tail = bucket(real + 2) - real
         ids += [ids[-1]] * tail
         labels += [IGNORE] * tail
-        positions += range(tail)
+        positions += [0] * tail  # not 0..tail-1: a long tail would run past a model's position table
         lengths.append(tail)
     label_ids = torch.tensor([labels], dtype=torch.long)  # (1, N)
     index = target_index(label_ids)

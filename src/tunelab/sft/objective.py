@@ -13,8 +13,9 @@ tokens that are never scored. So the model runs up to its LM head, the head is h
 slice (a forward pre-hook keeps the final hidden states instead), and the head is applied here
 to the target positions alone, `CE_CHUNK` rows at a time, with an fp32 cross-entropy per chunk
 and the chunk losses summed. When there is more than one chunk each chunk is checkpointed
-(recomputed in the backward pass; nothing random in it, so no RNG state is kept, which a CUDA
-graph capture would refuse), so at most one chunk's logits are alive at any time. This is
+(recomputed in the backward pass; the RNG state is kept for it only when the head has active
+dropout, e.g. LoRA on the LM head: a CUDA graph capture refuses to read it), so at most one chunk's
+logits are alive at any time. This is
 plain torch on purpose: no fused-kernel package (Liger, flash-attn's CE, ...) is installed on
 the target GPU machine, and the chunked head needs none.
 
@@ -133,6 +134,10 @@ def head_is_plain(model) -> bool:
     return plain
 
 
+def _has_active_dropout(module: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training for m in module.modules())
+
+
 def _chunk_loss(head, cap, autocast: dict, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Summed fp32 cross-entropy of one chunk of (hidden state, target) rows."""
     with torch.autocast(**autocast):
@@ -152,7 +157,8 @@ def sft_loss(model, batch: dict, chunk_size: int = CE_CHUNK) -> tuple[torch.Tens
     labels = batch["labels"]  # (B, T)
     index = batch.get("target_index")  # (N,) flat positions b*T+t that predict a target
     index = target_index(labels) if index is None else index.to(labels.device)
-    n_targets = torch.tensor(index.numel())
+    # fixed-shape rows pad target_index (pack(fixed_shapes=True)); their real count is given
+    n_targets = batch["num_target_tokens"] if "num_target_tokens" in batch else torch.tensor(index.numel())
     targets = labels.reshape(-1).index_select(0, index + 1)  # (N,) the token each of them predicts
     inputs = _model_inputs(batch)
     if not head_is_plain(model):
@@ -171,10 +177,11 @@ def sft_loss(model, batch: dict, chunk_size: int = CE_CHUNK) -> tuple[torch.Tens
     rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index.to(hidden.device))  # (N, H)
     targets = targets.to(hidden.device)
     recompute = torch.is_grad_enabled() and rows.shape[0] > chunk_size
+    random_head = recompute and _has_active_dropout(head)  # e.g. LoRA on the LM head: the recomputation needs the same masks
     loss_sum = None
     for start in range(0, max(rows.shape[0], 1), chunk_size):  # at least one chunk: no targets give 0 with a gradient
         args = (head, cap, capture.autocast, rows[start:start + chunk_size], targets[start:start + chunk_size])
-        part = checkpoint(_chunk_loss, *args, use_reentrant=False, preserve_rng_state=False) if recompute else _chunk_loss(*args)
+        part = checkpoint(_chunk_loss, *args, use_reentrant=False, preserve_rng_state=random_head) if recompute else _chunk_loss(*args)
         loss_sum = part if loss_sum is None else loss_sum + part
     return loss_sum, n_targets
 

@@ -243,7 +243,7 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
 
     pad_id = tokenizer.pad_token_id
     processes, checkpointing = dist.world_size(), cfg.train.gradient_checkpointing
-    graphs_possible, graphs_why = resolve_cuda_graphs(cfg.train.cuda_graphs, device.type, "sft", True, processes, checkpointing)
+    graphs_possible, graphs_why = resolve_cuda_graphs(cfg.train.cuda_graphs, device.type, "sft", True, processes, checkpointing, precision)
     packing, attn_before = use_packing(cfg.data.packing, model, device, log, graphs_blocker=None if graphs_possible else graphs_why)
     batch_of = pack if packing else functools.partial(collate, pad_id=pad_id, multiple_of=max_length if cfg.data.padding == "max_length" else None)
     if packing and cfg.data.padding != "longest":
@@ -266,7 +266,7 @@ def train_sft(cfg: RunConfig, resume: bool = False, force: bool = False, log=pri
     plan = plan_steps(len(encoded["train"]), cfg.train, micro_batch=1 if cfg.data.padding == "none" and not packing else None,
                       lengths=train_lengths)
     compiled = setup_compile(cfg.train, model, device, log)
-    graphs, why = resolve_cuda_graphs(cfg.train.cuda_graphs, device.type, "sft", packing, processes, checkpointing)
+    graphs, why = resolve_cuda_graphs(cfg.train.cuda_graphs, device.type, "sft", packing, processes, checkpointing, precision)
     if graphs:
         batch_of = functools.partial(pack, fixed_shapes=True)
     if cfg.train.cuda_graphs != "auto" or device.type == "cuda":

@@ -30,6 +30,11 @@ What a graph needs, and how tunelab gives it:
   pooling reads no size back; transformers skips its mask checks while a stream captures).
 - For classification, graphs run only when asked for (`on`): not yet measured on a GPU.
 
+Memory: the pool keeps the largest captured shape's activations for good, and each new shape's
+warm-up runs in the eager allocator beside it, so GPU memory reserved can reach about twice one
+micro-batch's activations (measured peak allocated: 0.72x the stock path's against 0.68x for eager
+packed rows, docs/benchmarks.md); near the memory limit `train.cuda_graphs: off`.
+
 `resolve_cuda_graphs` says where it runs; elsewhere training is eager and the log says why. A
 capture that fails (an operation that cannot be captured) turns graphs off for the rest of the run
 with the reason in the log; the micro-batch it was captured for has already run eagerly, so the
@@ -51,8 +56,11 @@ import torch
 MAX_GRAPHS = 64  # shapes captured per run at most; a batch of a new shape after that runs eagerly
 
 
-def resolve_cuda_graphs(setting: str, device_type: str, task: str, packed: bool, processes: int, checkpointing: bool) -> tuple[bool, str]:
-    """`train.cuda_graphs` resolved for one run, and why, in words for the log.
+def resolve_cuda_graphs(setting: str, device_type: str, task: str, packed: bool, processes: int, checkpointing: bool,
+                        precision: str = "bf16") -> tuple[bool, str]:
+    """`train.cuda_graphs` resolved for one run, and why, in words for the log; `precision` is the
+    run's (`fp32` keeps packed attention off the varlen kernel, whose fp32 stand-in reads each
+    example's bounds back from the GPU).
 
     >>> resolve_cuda_graphs("auto", "cuda", "sft", True, 1, False)[0], resolve_cuda_graphs("on", "cpu", "sft", True, 1, False)[0]
     (True, False)
@@ -60,6 +68,8 @@ def resolve_cuda_graphs(setting: str, device_type: str, task: str, packed: bool,
     'train.cuda_graphs on -> off: needs packed rows (data.packing on), padded batches change shape every step'
     >>> resolve_cuda_graphs("auto", "cuda", "classification", True, 1, False)[0], resolve_cuda_graphs("on", "cuda", "classification", True, 1, False)[0]
     (False, True)
+    >>> resolve_cuda_graphs("auto", "cuda", "sft", True, 1, False, "fp32")[0]
+    False
     """
     if setting == "off":
         return False, "train.cuda_graphs off"
@@ -74,6 +84,8 @@ def resolve_cuda_graphs(setting: str, device_type: str, task: str, packed: bool,
         blocker = f"{processes} processes: the gradient all-reduce hooks are not captured"
     elif checkpointing:
         blocker = "train.gradient_checkpointing keeps RNG states for its recomputation, which a capture refuses"
+    elif precision not in ("bf16", "fp16"):
+        blocker = f"{precision}: packed attention runs on the varlen kernel in bf16/fp16 only (train.precision)"
     if blocker:
         return False, f"train.cuda_graphs {setting} -> off: {blocker}"
     return True, f"train.cuda_graphs {setting} -> on: each micro-batch's forward and backward replayed as one CUDA graph per row shape"
@@ -96,16 +108,18 @@ class _Captured:
                 self.inputs[k].copy_(v, non_blocking=True)
         self.scale.fill_(scale)
         self.graph.replay()
-        return self.loss
+        # A copy: the captures share one pool, so a graph's output may lie in memory another
+        # graph uses as scratch when it replays.
+        return self.loss.clone()
 
 
 class MicroStepGraphs:
     """Runs `micro_step(batch, scale)` (forward, backward of loss_sum * scale, returns loss_sum
     detached) through one CUDA graph per batch shape; see the module docstring.
 
-    `backend` is for tests on a CPU: an object with `stream()` (the context warm-ups run in) and
+    `backend` is for tests on a CPU: an object with `stream()` (the context warm-ups run in),
     `record(fn)` -> (graph, fn's output) (records fn without running it; `graph.replay()` runs it
-    again into the same output); torch.cuda's graphs by default.
+    again into the same output) and `new_pool()`; torch.cuda's graphs by default.
     """
 
     def __init__(self, model: torch.nn.Module, micro_step: Callable[[dict, torch.Tensor], torch.Tensor], device: torch.device,
@@ -115,22 +129,36 @@ class MicroStepGraphs:
         self.graphs: dict[tuple, _Captured] = {}
         self.addresses: list[tuple[int, int | None]] | None = None
         self.off_reason: str | None = None
-        self.captures = self.replays = 0
+        self.captures = self.replays = self.eager_past_cap = 0
+
+    @property
+    def active(self) -> bool:
+        """Whether gradients must stay where the graphs add into them (the loop's zero_grad)."""
+        return self.off_reason is None
 
     def __call__(self, batch: dict, scale: float) -> torch.Tensor:
         if self.off_reason is not None:
             return self._eager(batch, scale)
         if self.graphs and self._addresses() != self.addresses:
             self.log("train.cuda_graphs: a parameter or gradient tensor was replaced; graphs captured again")
-            self.graphs.clear()
+            self._drop_graphs()
         key = _shape_key(batch)
         captured = self.graphs.get(key)
         if captured is not None:
             self.replays += 1
             return captured.replay(batch, scale)
         if len(self.graphs) >= MAX_GRAPHS:
+            if not self.eager_past_cap:
+                self.log(f"train.cuda_graphs: {MAX_GRAPHS} row shapes captured; micro-batches of further shapes run eagerly")
+            self.eager_past_cap += 1
             return self._eager(batch, scale)
         return self._warm_up_and_capture(key, batch, scale)
+
+    def _drop_graphs(self) -> None:
+        """Forget every graph, and their pool with them (a pool no graph uses any more cannot be
+        captured into again: the next capture gets a fresh one)."""
+        self.graphs.clear()
+        self.backend.new_pool()
 
     def _eager(self, batch: dict, scale: float) -> torch.Tensor:
         return self.micro_step(batch, torch.full((), scale, device=self.device))
@@ -146,28 +174,33 @@ class MicroStepGraphs:
         with self.backend.stream():
             loss = self.micro_step(inputs, static_scale).clone()
         before = self._addresses()
+        without_grad = [p for p in self.model.parameters() if p.requires_grad and p.grad is None]
         try:
             graph, static_loss = self.backend.record(lambda: self.micro_step(inputs, static_scale))
         except Exception as err:  # an operation a graph cannot hold: eager from here on
-            self.off_reason = _first_error(err)
-            self.log(f"train.cuda_graphs -> off for the rest of the run: the capture failed ({self.off_reason})")
-            self.graphs.clear()
-            return loss
-        after = self._addresses()
-        if after != before:  # a gradient was created inside the graph's memory: not safe to keep
-            self.off_reason = "a gradient tensor was created during the capture"
-            self.log(f"train.cuda_graphs -> off for the rest of the run: {self.off_reason}")
-            self.graphs.clear()
-            return loss
+            return self._turn_off(f"the capture failed ({_first_error(err)})", without_grad, loss)
+        if self._addresses() != before:  # a gradient was made inside the graph's memory, never written
+            return self._turn_off("a gradient tensor was created during the capture", without_grad, loss)
         self.graphs[key] = _Captured(graph, inputs, static_scale, static_loss)
-        self.addresses = after
+        self.addresses = before
         self.captures += 1
+        return loss
+
+    def _turn_off(self, reason: str, without_grad: list, loss: torch.Tensor) -> torch.Tensor:
+        """Eager from here on. A gradient the failed capture created lies in the graph's memory
+        and was never computed (a capture runs nothing): those parameters get no gradient back."""
+        for p in without_grad:
+            p.grad = None
+        self.off_reason = reason
+        self.log(f"train.cuda_graphs -> off for the rest of the run: {reason}")
+        self._drop_graphs()
         return loss
 
     def describe(self) -> str:
         """One line for the log at the end of training."""
         state = f"off ({self.off_reason})" if self.off_reason else "on"
-        return f"train.cuda_graphs {state}: {self.captures} shapes captured, {self.replays} micro-batches replayed"
+        past = f", {self.eager_past_cap} eager past the {MAX_GRAPHS}-shape cap" if self.eager_past_cap else ""
+        return f"train.cuda_graphs {state}: {self.captures} shapes captured, {self.replays} micro-batches replayed{past}"
 
 
 def _first_error(err: BaseException) -> str:
@@ -185,6 +218,9 @@ class _CudaBackend:
 
     def __init__(self, device: torch.device):
         self.side = torch.cuda.Stream(device)
+        self.new_pool()
+
+    def new_pool(self) -> None:
         self.pool = torch.cuda.graph_pool_handle()
 
     @contextlib.contextmanager

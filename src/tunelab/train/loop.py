@@ -255,7 +255,7 @@ def fit(
                     f"up to step {step + 1}. Lower train.lr (now {train_cfg.lr:g}) or set train.precision=fp32; "
                     f"checkpoints written so far are in {ckpt_root}.")
         scheduler.step()
-        optimizer.zero_grad(set_to_none=graphs is None)  # graphs add into the gradients where they were captured
+        optimizer.zero_grad(set_to_none=graphs is None or not graphs.active)  # graphs add into the gradients where they were captured
         counters["step"] = step + 1
         running.append(step_loss / total_targets)
         lr = scheduler.get_last_lr()[0]
