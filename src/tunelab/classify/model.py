@@ -54,6 +54,12 @@ def pooling_problem(pooling: str, model_type: str) -> str | None:
     return None
 
 
+def model_section_problem(model_cfg, model_type: str) -> str | None:
+    """What a classification run's `model` section asks of a backbone of `model_type` that it
+    cannot give, or None: `tunelab validate`'s check, before any weights load."""
+    return pooling_problem(model_cfg.pooling, model_type)
+
+
 def pretrained_pooler(backbone: nn.Module) -> nn.Linear | None:
     """The backbone's pretrained pooler dense layer (see PRETRAINED_POOLER), or None."""
     path = PRETRAINED_POOLER.get(getattr(backbone.config, "model_type", ""))

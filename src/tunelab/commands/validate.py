@@ -74,7 +74,7 @@ def _check_against_model(path: str, cfg) -> None:
     model is on this machine (a local folder or an installed asset; nothing is loaded or downloaded)."""
     import json
 
-    from tunelab.classify.model import pooling_problem
+    from tunelab.classify.model import model_section_problem
     from tunelab.errors import TunelabError
 
     if cfg.task != "classification":
@@ -86,7 +86,7 @@ def _check_against_model(path: str, cfg) -> None:
         model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type", "")
     except (OSError, ValueError):
         return  # train reports a broken model folder itself, with its own message
-    if problem := pooling_problem(cfg.model.pooling, model_type):
+    if problem := model_section_problem(cfg.model, model_type):
         raise TunelabError(f"{path}: {problem} (model {cfg.model.name})")
 
 
