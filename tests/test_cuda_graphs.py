@@ -308,3 +308,87 @@ def test_a_classification_run_through_graphs_equals_the_eager_packed_run(tmp_pat
     for split in ("validation", "test", "train"):
         assert on[split]["loss"] == pytest.approx(off[split]["loss"], rel=1e-4, abs=1e-5)
         assert on[split]["accuracy"] == off[split]["accuracy"]
+
+
+class HostReads:
+    """Within: every conversion of a tensor to a Python value (`item`, `tolist`, `bool`, `int`,
+    `float`, `nonzero`, a boolean-mask index) is recorded with where it came from, and CUDA stream
+    capture is reported as on (transformers skips its own checks then, as it does in a real
+    capture). On a GPU each such read is a host sync, which a CUDA graph capture refuses. Reads
+    from the varlen kernel's CPU reference (`varlen._per_example`) are left out: on a GPU the
+    kernel runs instead."""
+
+    NAMES = ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero")
+
+    def __init__(self):
+        self.reads, self.saved = [], {}
+
+    def _record(self, what):
+        import traceback
+
+        stack = traceback.extract_stack()[:-2]
+        if any(f.name == "_per_example" and f.filename.endswith("varlen.py") for f in stack):
+            return
+        here = next((f for f in reversed(stack) if "/site-packages/torch/" not in f.filename), stack[-1])
+        self.reads.append(f"{what} at {here.filename.split('/')[-1]}:{here.lineno} ({here.name})")
+
+    def __enter__(self):
+        for name in self.NAMES:
+            real = getattr(torch.Tensor, name)
+            self.saved[name] = real
+
+            def wrapped(t, *a, _real=real, _name=name, **k):
+                self._record(_name)
+                return _real(t, *a, **k)
+            setattr(torch.Tensor, name, wrapped)
+        real_getitem = self.saved["__getitem__"] = torch.Tensor.__getitem__
+
+        def getitem(t, index):
+            parts = index if isinstance(index, tuple) else (index,)
+            if any(torch.is_tensor(p) and p.dtype == torch.bool for p in parts):
+                self._record("boolean-mask index")
+            return real_getitem(t, index)
+        torch.Tensor.__getitem__ = getitem
+        self.saved_capturing = torch.cuda.is_current_stream_capturing
+        torch.cuda.is_current_stream_capturing = lambda: True
+        return self
+
+    def __exit__(self, *exc):
+        for name, real in self.saved.items():
+            setattr(torch.Tensor, name, real)
+        torch.cuda.is_current_stream_capturing = self.saved_capturing
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_fixed_shape_sft_micro_step_reads_nothing_back(arch):
+    """What a graph captures for SFT (forward, chunked head loss, backward on a fixed-shape packed
+    row, varlen attention) converts no tensor to a Python value."""
+    from tunelab.model import varlen
+    from tunelab.sft.objective import head_is_plain
+
+    model = tiny_lm(arch).train()
+    model.set_attn_implementation(varlen.register())
+    assert head_is_plain(model)  # decided once before training, as the recipe does
+    batch = pack(examples(), fixed_shapes=True)
+    with HostReads() as reads:
+        (SftObjective()(model, batch) * 0.1).backward()
+    assert reads.reads == []
+
+
+@pytest.mark.parametrize("pooling", ["last", "first", "mean"])
+@pytest.mark.parametrize("arch,causal", [("llama", True), ("qwen2", False), ("gemma3", True), ("gpt2", True), ("bert", True)])
+def test_a_fixed_shape_classification_micro_step_reads_nothing_back(model_root, arch, causal, pooling):
+    """The same for classification: packed varlen row, pooling told the number of examples,
+    class-weighted loss (the weights' device copy made before, as the warm-up does)."""
+    from tests.test_classify_packing import _as_varlen, _classifier, _items, _pad_id
+
+    from tunelab.classify.collate import PackingCollator
+    from tunelab.classify.objective import ClassificationObjective
+
+    model = _as_varlen(_classifier(model_root, arch, pooling, causal)).train()
+    batch = PackingCollator(_pad_id(model), fixed_shapes=True)(_items())
+    objective = ClassificationObjective(torch.tensor([1.0, 2.0, 0.5]))
+    objective(model, batch)  # the warm-up: first calls may set things up
+    with HostReads() as reads:
+        (objective(model, batch) * 0.1).backward()
+    assert reads.reads == []
