@@ -98,7 +98,7 @@ def train_classifier(cfg: RunConfig, resume: bool = False, force: bool = False, 
     cache_applies = why_not(model, cfg.train.cache_frozen, info["policy"], False, dist.world_size()) is None
     blocker = "the frozen-prefix cache applies" if cache_applies else varlen_blocker(model, device)
     auto = classification_auto(device.type, blocker, plan_steps(len(train_lengths), cfg.train, lengths=train_lengths).total_steps,
-                               sum(train_lengths) / len(train_lengths), info["policy"])
+                               sum(train_lengths) / len(train_lengths), info["policy"], graphs_asked=cfg.train.cuda_graphs == "on")
     packed = resolve_packing(cfg.data.packing, device, model.packing_plan, log, auto)
     if packed:
         use_varlen(model, device, log)  # CUDA: no mask at all, the example boundaries instead

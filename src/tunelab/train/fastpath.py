@@ -44,22 +44,28 @@ class AutoChoice:
     why: str
 
 
-def classification_auto(device_type: str, blocker: str | None, steps: int, mean_tokens: float, policy: str = "all") -> AutoChoice:
+def classification_auto(device_type: str, blocker: str | None, steps: int, mean_tokens: float, policy: str = "all",
+                        graphs_asked: bool = False) -> AutoChoice:
     """`auto` for a classification run: `blocker` is why packed rows cannot run fast here (no varlen
     kernel, attention dropout, the frozen-prefix cache applies), None when they can; `steps` the
     planned optimizer steps; `mean_tokens` the mean training text length in tokens; `policy` the
     trainable policy (compiled blocks were measured with every layer training: LoRA and partly
-    frozen models get packed rows by the same rule, not compiled blocks).
+    frozen models get packed rows by the same rule, not compiled blocks); `graphs_asked`:
+    `train.cuda_graphs: on`, which replays packed rows only, so auto packs for it.
 
     >>> classification_auto("cuda", None, 2000, 60.0).compile, classification_auto("cuda", None, 300, 600.0).packing
     (True, True)
     >>> classification_auto("cuda", None, 300, 60.0).packing, classification_auto("cpu", None, 5000, 600.0).packing
     (False, False)
+    >>> classification_auto("cuda", None, 300, 60.0, graphs_asked=True).packing
+    True
     """
     if device_type != "cuda":
         return AutoChoice(False, False, f"{device_type}: padded micro-batches")
     if blocker:
         return AutoChoice(False, False, f"padded micro-batches ({blocker})")
+    if graphs_asked and not (steps >= COMPILE_MIN_STEPS and policy == "all"):
+        return AutoChoice(True, False, "packed rows (train.cuda_graphs on replays packed rows only)")
     if steps >= COMPILE_MIN_STEPS and policy == "all":
         return AutoChoice(True, True, f"packed rows and compiled blocks ({steps} steps >= {COMPILE_MIN_STEPS}: the one-time compile pays)")
     if steps >= COMPILE_MIN_STEPS or mean_tokens >= PACK_MIN_MEAN_TOKENS:
