@@ -194,7 +194,8 @@ def test_a_run_through_graphs_ends_with_the_eager_runs_weights(tmp_path, monkeyp
     lines = graphed[2]
     assert StandInBackend.calls["record"] >= 1 and StandInBackend.calls["replay"] >= 1
     summary = [x for x in lines if x.startswith("train.cuda_graphs on:")]
-    assert summary and f"{StandInBackend.calls['record']} shapes captured, {StandInBackend.calls['replay']} micro-batches replayed" in summary[0]
+    assert summary and f"{StandInBackend.calls['record']} shapes captured (" in summary[0]
+    assert f"recordings), {StandInBackend.calls['replay']} micro-batches replayed" in summary[0]
 
 
 def test_a_failed_capture_turns_graphs_off_and_the_result_stays(tmp_path, monkeypatch, stand_in):

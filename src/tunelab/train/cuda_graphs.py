@@ -49,6 +49,7 @@ shape's activations alive in its own pool.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 
 import torch
@@ -130,6 +131,7 @@ class MicroStepGraphs:
         self.addresses: list[tuple[int, int | None]] | None = None
         self.off_reason: str | None = None
         self.captures = self.replays = self.eager_past_cap = 0
+        self.capture_seconds = 0.0  # host time of warm-ups and recordings: what new shapes cost
 
     @property
     def active(self) -> bool:
@@ -152,7 +154,11 @@ class MicroStepGraphs:
                 self.log(f"train.cuda_graphs: {MAX_GRAPHS} row shapes captured; micro-batches of further shapes run eagerly")
             self.eager_past_cap += 1
             return self._eager(batch, scale)
-        return self._warm_up_and_capture(key, batch, scale)
+        started = time.perf_counter()
+        try:
+            return self._warm_up_and_capture(key, batch, scale)
+        finally:
+            self.capture_seconds += time.perf_counter() - started
 
     def _drop_graphs(self) -> None:
         """Forget every graph, and their pool with them (a pool no graph uses any more cannot be
@@ -200,7 +206,8 @@ class MicroStepGraphs:
         """One line for the log at the end of training."""
         state = f"off ({self.off_reason})" if self.off_reason else "on"
         past = f", {self.eager_past_cap} eager past the {MAX_GRAPHS}-shape cap" if self.eager_past_cap else ""
-        return f"train.cuda_graphs {state}: {self.captures} shapes captured, {self.replays} micro-batches replayed{past}"
+        return (f"train.cuda_graphs {state}: {self.captures} shapes captured ({self.capture_seconds:.1f} s of warm-ups and "
+                f"recordings), {self.replays} micro-batches replayed{past}")
 
 
 def _first_error(err: BaseException) -> str:
