@@ -18,7 +18,7 @@ side by side with the stock path):
   path (200 steps, full SFT; 2.5x for LoRA). So auto packs SFT rows where the graphs run (CUDA, the
   varlen kernel, one process, no gradient checkpointing), and pads elsewhere. Compiled blocks
   stay off for SFT: with graphs they reach 1.5x the graphs alone once compiled, but the compile
-  (23 s for full SFT, 90 s for LoRA, plus recompiles for new shapes) is paid back only after
+  (23 s for full SFT, 90 s for LoRA, and slower steps after it in a fresh process) is paid back only after
   thousands of steps.
 
 Compiled blocks were measured with every layer training, so `auto` compiles only then (LoRA and
