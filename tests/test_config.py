@@ -46,6 +46,16 @@ def test_vocabulary_and_type_errors_name_the_key(tmp_path):
         load_config(_write(tmp_path, "model: {name: x}\n"))
 
 
+def test_on_and_off_switches_read_as_words_though_yaml_reads_booleans(tmp_path):
+    """YAML 1.1 reads a bare on/off as true/false; the auto/on/off switches take them as meant, in
+    the file and in a command-line override, and still refuse other values by name."""
+    cfg = load_config(_write(tmp_path, "data: {train: x.csv, packing: on}\nmodel: {name: asset:minilm-l6}\ntrain: {compile: off}\n"),
+                      ["train.cuda_graphs=off"])
+    assert (cfg.data.packing, cfg.train.compile, cfg.train.cuda_graphs) == ("on", "off", "off")
+    with pytest.raises(TunelabError, match=r"'train.cuda_graphs' = 'yes please' is not one of"):
+        load_config(_write(tmp_path, MINIMAL), ["train.cuda_graphs=yes please"])
+
+
 def test_yaml_syntax_error_names_file_and_line(tmp_path):
     with pytest.raises(TunelabError, match=r"c.yaml:4: not valid YAML"):
         load_config(_write(tmp_path, MINIMAL + "train: {epochs: [1,\n"))

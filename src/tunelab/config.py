@@ -15,12 +15,21 @@ from __future__ import annotations
 import codecs
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional, Union, get_args
+from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.errors import TunelabError
+
+
+def _switch_word(value):
+    """YAML 1.1 reads a bare `on`/`off` as true/false (in a file and in a `key=off` override alike):
+    take them back as the words the switch means."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch_word)]  # an auto/on/off setting
 
 
 class Section(BaseModel):
@@ -64,7 +73,7 @@ class DataConfig(Section):
     max_length: int = Field(256, ge=8, description="Truncate texts to this many tokens (truncated rows are counted in the report).")
     group_by_length: Union[bool, Literal["auto"]] = Field("auto", description="Batch texts of similar length together (less padding; the order stays random and seeded). auto = on for CPU training, off on a GPU, where small batches are launch-bound and grouping measured slower.")
     padding: Literal["longest", "max_length", "none"] = Field("longest", description="longest: pad each batch to its longest sequence; max_length: pad to data.max_length; none: batch size 1 with gradient accumulation.")
-    packing: Literal["auto", "on", "off"] = Field("auto", description="Pack the examples of a micro-batch into one padding-free row (positions restart and attention stays inside each example; same loss and gradients as padded batches). on = pack (on CUDA through torch's varlen FlashAttention kernel; saves memory); auto = for classification on CUDA, on for texts of 256+ tokens on average or runs of 1,000+ steps (then compiled too when every layer trains), unless the frozen-prefix cache applies; for SFT on CUDA, on where train.cuda_graphs can replay the packed micro-batches (2.9x the stock path on the H200; without graphs packed SFT rows measured within noise of padded ones); off on a CPU (tunelab.train.fastpath). Overrides padding when on.")
+    packing: Switch = Field("auto", description="Pack the examples of a micro-batch into one padding-free row (positions restart and attention stays inside each example; same loss and gradients as padded batches). on = pack (on CUDA through torch's varlen FlashAttention kernel; saves memory); auto = for classification on CUDA, on for texts of 256+ tokens on average or runs of 1,000+ steps (then compiled too when every layer trains), unless the frozen-prefix cache applies; for SFT on CUDA, on where train.cuda_graphs can replay the packed micro-batches (2.9x the stock path on the H200; without graphs packed SFT rows measured within noise of padded ones); off on a CPU (tunelab.train.fastpath). Overrides padding when on.")
 
 
 class LoraConfig(Section):
@@ -107,8 +116,8 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; auto = cuda when available.")
     num_threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch (default: torch's choice).")
     max_tokens_per_micro_batch: Optional[int] = Field(None, ge=1, description="Cut each optimizer step's examples into micro-batches of at most this many real tokens (the gradient does not depend on the cut: the loss is normalised by the step's targets). null = batch_size examples per micro-batch.")
-    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile each transformer block (dynamic shapes) on a GPU, for classification and SFT. on = compile (pays with data.packing on, measured for classification); auto = on for classification runs of 1,000+ steps on CUDA that train every layer, with packed rows (the one-time compile pays back), off for SFT (tunelab.train.fastpath); a CPU never compiles.")
-    cuda_graphs: Literal["auto", "on", "off"] = Field("auto", description="Replay each micro-batch's forward and backward pass as one captured CUDA graph (one per row shape; packed rows are rounded onto a few shapes), instead of launching thousands of kernels from Python. Needs data.packing on, one process, CUDA, bf16/fp16 and no gradient checkpointing; same loss and gradients. auto = on for SFT where it can run (tunelab.train.cuda_graphs), and then data.packing auto packs SFT rows; on = also for classification (not yet measured on a GPU); off = eager. Graphs keep the largest row shape's activations in their own memory pool, next to the eager allocator's: near the GPU's memory limit, off.")
+    compile: Switch = Field("auto", description="torch.compile each transformer block (dynamic shapes) on a GPU, for classification and SFT. on = compile (pays with data.packing on, measured for classification); auto = on for classification runs of 1,000+ steps on CUDA that train every layer, with packed rows (the one-time compile pays back), off for SFT (tunelab.train.fastpath); a CPU never compiles.")
+    cuda_graphs: Switch = Field("auto", description="Replay each micro-batch's forward and backward pass as one captured CUDA graph (one per row shape; packed rows are rounded onto a few shapes), instead of launching thousands of kernels from Python. Needs data.packing on, one process, CUDA, bf16/fp16 and no gradient checkpointing; same loss and gradients. auto = on for SFT where it can run (tunelab.train.cuda_graphs), and then data.packing auto packs SFT rows; on = also for classification (not yet measured on a GPU); off = eager. Graphs keep the largest row shape's activations in their own memory pool, next to the eager allocator's: near the GPU's memory limit, off.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass instead of keeping them: less memory, about a third more compute.")
     cache_frozen: bool = Field(True, description="Classification with trainable head or last_blocks: compute the frozen lower blocks once per text and keep their output (in RAM, or memory-mapped under the run folder when large), so later epochs and evaluations run only the trained top; same metrics. Used where the frozen part has no active dropout and rows are not packed; the log says when and why not.")
     distributed: Literal["auto", "ddp", "fsdp"] = Field("auto", description="With several processes (torchrun, accelerate launch): ddp = a whole model per process, gradients averaged; fsdp = weights, gradients and optimizer states sharded over the processes (FSDP2), for models whose training state does not fit one GPU; auto = ddp. One process ignores it.")
