@@ -95,6 +95,9 @@ def use_packing(setting: str, model, device, log=print, graphs_blocker: str | No
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     before = base.config._attn_implementation
+    if setting == "off":
+        log(f"data.packing off -> off ({device.type}): padded micro-batches")
+        return False, before
     kernels = packed_attention(base.config, device.type)
     if setting == "auto":
         choice = sft_auto(device.type, graphs_blocker, varlen.NAME in kernels)
@@ -102,9 +105,6 @@ def use_packing(setting: str, model, device, log=print, graphs_blocker: str | No
             log(f"data.packing auto -> off ({device.type}): {choice.why}")
             return False, before
         kernels = [varlen.NAME]
-    elif setting != "on":
-        log(f"data.packing {setting} -> off ({device.type}): padded micro-batches")
-        return False, before
     model.to(device)
     for attn in kernels:
         try:

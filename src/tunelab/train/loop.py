@@ -221,18 +221,19 @@ def fit(
     nonfinite_run = 0  # consecutive steps whose loss or gradients were nan/inf
     order = _StepOrder(plan, train_cfg.seed, lengths)
     prefetch = accelerator.device.type == "cuda" if prefetch is None else prefetch
-    upcoming: _Prepared | None = None
+
+    def prepare(step: int) -> _Prepared:
+        return _prepare_step(order.indices(step), dataset, collate, objective, plan, accelerator)
+
+    upcoming: _Prepared | None = None  # the next step's batches, when prefetched
     model.train()
     while counters["step"] < plan.total_steps and not counters["stopped_early"]:
         step_started = time.perf_counter()
         step = counters["step"]
-        prepared = upcoming if upcoming is not None and upcoming.step == step else \
-            _prepare_step(step, order.indices(step), dataset, collate, objective, plan, accelerator)
-        step_loss, total_targets = _forward_backward(model, prepared, objective, sharding, accelerator, graphs)
+        step_loss, total_targets = _forward_backward(model, upcoming or prepare(step), objective, sharding, accelerator, graphs)
         # The next step's batches are cut, collated and sent while the GPU still works on this one
         # (the read-back below waits for it): the host's share of a step hides behind the chip's.
-        upcoming = _prepare_step(step + 1, order.indices(step + 1), dataset, collate, objective, plan, accelerator) \
-            if prefetch and step + 1 < plan.total_steps else None
+        upcoming = prepare(step + 1) if prefetch and step + 1 < plan.total_steps else None
         # The gradient norm (clipping at infinity leaves the gradients as they are) tells whether
         # this update is finite; a non-finite one is skipped so it cannot poison the weights. A
         # nan/inf loss gives such gradients too; the norm is taken after the all-reduce, so every
@@ -317,12 +318,11 @@ class _StepOrder:
 class _Prepared:
     """One optimizer step's micro-batches on this process, already on the device."""
 
-    step: int
     micro: list[tuple[dict, list[int]]]  # (batch, its example indices; [] for a stand-in)
     total_targets: float | torch.Tensor  # over all processes: what every micro-loss is divided by
 
 
-def _prepare_step(step: int, step_indices: list[int], dataset: list, collate, objective: Objective, plan: LoopPlan, accelerator) -> _Prepared:
+def _prepare_step(step_indices: list[int], dataset: list, collate, objective: Objective, plan: LoopPlan, accelerator) -> _Prepared:
     """Cut this process's share of a step (`distributed.split_step`; every process gets as many
     micro-batches), collate it, count its targets and send it to the device (without waiting)."""
     world = dist.world_size()
@@ -335,7 +335,7 @@ def _prepare_step(step: int, step_indices: list[int], dataset: list, collate, ob
         total_targets = dist.all_sum(torch.full((), local_targets, device=accelerator.device)).clamp_min(1e-9)
     else:
         total_targets = max(local_targets, 1e-9)
-    return _Prepared(step, [(_to_device(b, accelerator.device), part) for b, part in zip(micro, parts)], total_targets)
+    return _Prepared([(_to_device(b, accelerator.device), part) for b, part in zip(micro, parts)], total_targets)
 
 
 def _forward_backward(model, prepared: _Prepared, objective: Objective, sharding, accelerator, graphs: MicroStepGraphs | None = None):
